@@ -1,0 +1,70 @@
+"""Building blocks shared by pairing plugins: cost matrices, per-class blocks, total cost.
+
+Costs (DESIGN.md): ``"l2"`` is the plain Euclidean distance ||x - z|| (the paper's ``torch.cdist``); ``"sqeuclidean"``
+is ||x - z||^2 (W2's ground cost, and torchcfm's). They give different optimal permutations for pools of a few
+hundred and more.
+"""
+
+from __future__ import annotations
+
+import torch
+
+COSTS = ("l2", "sqeuclidean")
+
+
+def check_cost(cost: str) -> None:
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
+
+
+def cost_matrix(x: torch.Tensor, z: torch.Tensor, cost: str = "l2", chunk: int = 0, device=None,
+                max_bytes: float | None = None) -> torch.Tensor:
+    """C[i, j] = cost(x_i, z_j) as float32 [N, M] on the CPU, from one matrix product per row chunk.
+
+    ``x`` [N, *S], ``z`` [M, *S]. ``||x||^2 + ||z||^2 - 2 x.z`` is computed in float32 on ``device`` (default: x's),
+    ``chunk`` rows at a time (0 = all at once) so the temporary on the device stays chunk x M. ``max_bytes`` bounds
+    the size of C itself: a larger pool fails before anything is allocated.
+    """
+    check_cost(cost)
+    n, m = x.shape[0], z.shape[0]
+    if max_bytes is not None and n * m * 4 > max_bytes:
+        raise MemoryError(f"a {n}x{m} cost matrix needs {n * m * 4 / 2**30:.2f} GiB, over the "
+                          f"{max_bytes / 2**30:.2f} GiB budget (lower the pool, or raise max_memory_gb)")
+    device = torch.device(device) if device is not None else x.device
+    xf = x.reshape(n, -1).to(device, torch.float32)
+    zf = z.reshape(m, -1).to(device, torch.float32)
+    z2 = zf.pow(2).sum(1)
+    out = torch.empty(n, m, dtype=torch.float32)
+    step = chunk if chunk and chunk > 0 else n
+    for lo in range(0, n, step):
+        xc = xf[lo:lo + step]
+        block = torch.addmm(xc.pow(2).sum(1, keepdim=True) + z2, xc, zf.T, alpha=-2.0).clamp_min_(0)
+        if cost == "l2":
+            block.sqrt_()
+        out[lo:lo + step] = block.cpu()
+    return out
+
+
+def total_cost(x: torch.Tensor, z: torch.Tensor, perm: torch.Tensor, cost: str = "l2") -> float:
+    """sum_i cost(x_i, z_perm[i]), in float64 (the number every pairing is judged by)."""
+    check_cost(cost)
+    d2 = (x.reshape(x.shape[0], -1).double() - z[perm].reshape(z.shape[0], -1).double()).pow(2).sum(1)
+    return float(d2.sqrt().sum() if cost == "l2" else d2.sum())
+
+
+def per_class(labels: torch.Tensor | None, n: int, solve) -> torch.Tensor:
+    """Solve the assignment within each class block and stitch the blocks into one permutation.
+
+    ``solve(idx)`` gets the positions of one block and returns a local permutation ``q`` of ``range(len(idx))``:
+    data[idx[i]] is paired with noise[idx[q[i]]]. The noise pool is partitioned by the same positions as the data,
+    so no noise vector crosses a class: ``labels[perm[i]] == labels[i]`` for every i. Noise is i.i.d., so this
+    partition is as good as any.
+    """
+    if labels is None:
+        return torch.as_tensor(solve(torch.arange(n)), dtype=torch.long)
+    labels = torch.as_tensor(labels)
+    perm = torch.empty(n, dtype=torch.long)
+    for c in torch.unique(labels):
+        idx = (labels == c).nonzero().flatten()
+        perm[idx] = idx[torch.as_tensor(solve(idx), dtype=torch.long)]
+    return perm

@@ -1,0 +1,184 @@
+"""Command line: ``python -m aotbench {run,list,report,bench,sweep,fid-ref}``.
+
+Every mistake a user can make ends in one line on stderr naming the cause, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+GRID_FLAGS = {
+    # flag: (axis, help)
+    "--dataset": ("dataset", "dataset plugin(s); default: the default dataset (digits)"),
+    "--network": ("network", "network plugin(s); default: the dataset's own"),
+    "--pairing": ("pairing", "pairing plugin(s), e.g. none,aot,sinkhorn:reg=0.1"),
+    "--sampler": ("sampler", "sampler plugin(s), e.g. euler,heun"),
+    "--guidance": ("guidance", "guidance plugin(s)"),
+    "--steps": ("steps", "sampling steps (Heun: NFE = 2*steps - 1)"),
+    "--rho": ("rho", "schedule rho (EDM 7; the paper's low-NFE settings 72, 90)"),
+    "--sigma-min": ("sigma_min", "smallest nonzero sigma (0.002)"),
+    "--sigma-max": ("sigma_max", "largest sigma (80)"),
+    "--seeds": ("seeds", "seeds; each seeds both training and sampling"),
+    "--n-samples": ("n_samples", "samples per cell"),
+    "--label": ("label", "conditional models: sample only this class"),
+    "--train-steps": ("train_steps", "optimizer steps"),
+    "--batch": ("batch", "global batch"),
+    "--pool": ("pool", "AOT pool per rank (a multiple of the per-rank batch)"),
+    "--ranks": ("ranks", "data-parallel ranks, each pairing its own pool (simulated in one process)"),
+    "--lr": ("lr", "learning rate"),
+    "--lr-rampup-img": ("lr_rampup_img", "learning-rate ramp-up, in images"),
+    "--ema-halflife-img": ("ema_halflife_img", "EMA half-life, in images"),
+    "--conditional": ("conditional", "train class-conditional models (true/false)"),
+    "--label-dropout": ("label_dropout", "label dropout probability (needed by cfg)"),
+    "--augment-p": ("augment_p", "EDM augmentation probability"),
+    "--grad-accum": ("grad_accum", "gradient accumulation rounds"),
+    "--precision": ("precision", "fp32, bf16 or fp16"),
+    "--metrics": ("metrics", "metrics to compute; default: every default metric"),
+}
+
+
+def _add_grid_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("grid (every option takes a comma list; the cross product is the grid)")
+    for flag, (axis, help_) in GRID_FLAGS.items():
+        g.add_argument(flag, dest=axis, default=None, help=help_)
+
+
+def _add_exec_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", default="run", help="results go to RESULTS/EXPERIMENT/cells (default: run)")
+    p.add_argument("--results", default="results", help="results folder (default: ./results)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--force", action="store_true", help="re-evaluate cells that already have a record")
+    p.add_argument("--eval-batch", type=int, default=2000, help="samples per sampling batch")
+    p.add_argument("--pair-workers", type=int, default=1, help="background pairing processes (0 = in line)")
+    p.add_argument("--pair-threads", type=int, default=1, help="torch threads per pairing worker")
+    p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}' (use cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{name}' requested but no CUDA GPU is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device '{name}' requested but only {torch.cuda.device_count()} GPU(s) are present")
+    return name
+
+
+def grid_spec(args: argparse.Namespace) -> dict:
+    return {axis: getattr(args, axis) for axis, _ in GRID_FLAGS.values() if getattr(args, axis) is not None}
+
+
+def run_options(args):
+    from .runner import RunOptions
+    from .train import TrainOptions
+
+    for name in ("eval_batch", "ckpt_every"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    return RunOptions(device=pick_device(args.device), eval_batch=args.eval_batch, force=args.force,
+                      progress=not args.quiet,
+                      train=TrainOptions(ckpt_every=args.ckpt_every, pair_workers=args.pair_workers,
+                                         pair_threads=args.pair_threads, handle_signals=True))
+
+
+def cmd_run(args) -> int:
+    from .grid import expand
+    from .plugins import get_registry
+    from .runner import run_cells
+    from .tables import display_table, records_frame
+
+    registry = get_registry()
+    cells = expand(registry, grid_spec(args))
+    opts = run_options(args)
+    t0 = time.perf_counter()
+    n_models = len({c.train.key for c in cells})
+    print(f"aotbench run: {len(cells)} cell(s), {n_models} model(s), device {opts.device}", file=sys.stderr)
+    records, todo = run_cells(registry, cells, Path(args.results), args.experiment, opts,
+                              log=lambda m: print(m, file=sys.stderr))
+    df = records_frame(records)
+    print(display_table(df).to_markdown(index=False))
+    where = Path(args.results) / args.experiment / "cells"
+    print(f"\n{len(records)} record(s) in {where} ({todo} evaluated now, {len(records) - todo} already there); "
+          f"{time.perf_counter() - t0:.1f} s")
+    extractors = sorted({str(x) for x in df.get("fd_extractor", []) if isinstance(x, str)})
+    if extractors:
+        print(f"fd extractor: {', '.join(extractors)}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .plugins import KINDS, get_registry
+
+    registry = get_registry()
+    rows = []
+    for comp in registry:
+        params = ", ".join(f"{k}={v!r}" for k, v in comp.params.items()) or "-"
+        rows.append((comp.kind, comp.name + (" *" if comp.default else ""), params, comp.distribution, comp.summary))
+    if args.format == "json":
+        import json
+        print(json.dumps([dict(zip(("kind", "name", "params", "provided_by", "summary"), r)) for r in rows], indent=1))
+        return 0
+    for kind in KINDS:
+        sub = [r for r in rows if r[0] == kind]
+        if not sub:
+            continue
+        print(f"\n{kind}s:")
+        w = max(len(r[1]) for r in sub)
+        for _, name, params, dist, summary in sub:
+            print(f"  {name:<{w}}  {summary}")
+            print(f"  {'':<{w}}    params: {params}")
+            print(f"  {'':<{w}}    from:   {dist}")
+    print("\n(* = in the default grid)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aotbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train and evaluate a grid locally, print the table")
+    _add_grid_flags(p)
+    _add_exec_flags(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("list", help="every registered plugin, its parameters and where it comes from")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(fn=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as err:
+        print(f"aotbench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aotbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        from .train import Interrupted
+        if isinstance(err, Interrupted):
+            print(f"aotbench: {err}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

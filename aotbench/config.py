@@ -1,0 +1,206 @@
+"""Configurations of a trained model (:class:`TrainConfig`) and of an evaluated cell (:class:`CellConfig`).
+
+A cell is a pure function of its config: the config is hashed into ``train_key`` (the model cache) and ``cell_key``
+(the record file), so any launcher can run any cell, in any order, twice, with the same record. Plugin choices are
+written ``name`` or ``name:key=value:key=value`` on the command line and resolved against the plugin's signature
+(defaults filled in) before hashing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .errors import UserError
+from .plugins import Registry
+from .storage import stable_hash
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A plugin name plus its fully resolved parameters."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **self.kwargs}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Choice:
+        d = dict(d)
+        return cls(d.pop("name"), tuple(sorted(d.items())))
+
+    def label(self, defaults: dict | None = None) -> str:
+        """``name`` plus the parameters that differ from ``defaults`` (for tables)."""
+        extra = [f"{k}={v}" for k, v in self.params if defaults is None or defaults.get(k) != v]
+        return ":".join([self.name, *extra])
+
+
+def parse_value(text: str) -> Any:
+    """``true``/``false``/numbers as JSON, anything else as the string itself."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, (bool, int, float, str)) or value is None else text
+
+
+def parse_choice(text: str) -> tuple[str, dict[str, Any]]:
+    """``"sinkhorn:reg=0.1"`` -> ``("sinkhorn", {"reg": 0.1})``."""
+    name, *rest = [s.strip() for s in text.strip().split(":")]
+    params = {}
+    for item in rest:
+        if "=" not in item:
+            raise UserError(f"cannot read '{text}': parameters are written name:key=value:key=value")
+        k, v = item.split("=", 1)
+        params[k.strip()] = parse_value(v.strip())
+    if not name:
+        raise UserError(f"cannot read '{text}': missing plugin name")
+    return name, params
+
+
+def resolve(registry: Registry, kind: str, spec: str | dict | Choice) -> Choice:
+    """A plugin choice (string, dict with ``name``, or Choice) checked against the registry, defaults filled in."""
+    if isinstance(spec, Choice):
+        name, params = spec.name, spec.kwargs
+    elif isinstance(spec, dict):
+        params = dict(spec)
+        name = params.pop("name", None)
+        if not name:
+            raise UserError(f"a {kind} table needs a 'name' key, got {spec}")
+    else:
+        name, params = parse_choice(str(spec))
+    comp = registry.get(kind, name)
+    return Choice(name, tuple(sorted(comp.resolve(params).items())))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model. Units: images for EMA/LR ramp, optimizer steps for duration.
+
+    ``batch`` is the global batch over ``ranks``; each rank draws and pairs its own pool of ``pool`` samples (the
+    paper's per-GPU pool), so ``pool`` must be a multiple of the per-rank batch ``batch / ranks``. ``ranks`` is part
+    of the model's identity because per-rank pairing is a different algorithm than pairing one big pool; a
+    single process simulates the ranks exactly, DDP runs them for real.
+    """
+
+    dataset: Choice
+    network: Choice
+    pairing: Choice
+    seed: int = 0
+    steps: int = 2000
+    batch: int = 128
+    pool: int = 512
+    ranks: int = 1
+    lr: float = 1e-3
+    lr_rampup_img: int = 0
+    ema_halflife_img: float = 500_000.0
+    ema_rampup_ratio: float = 0.05
+    conditional: bool = False
+    label_dropout: float = 0.0
+    augment_p: float = 0.0
+    grad_accum: int = 1
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        b = self.batch // self.ranks if self.ranks > 0 else 0
+        checks = [
+            (self.steps >= 1, f"training steps must be >= 1, got {self.steps}"),
+            (self.ranks >= 1, f"ranks must be >= 1, got {self.ranks}"),
+            (self.batch >= 1 and self.batch % self.ranks == 0,
+             f"batch {self.batch} must be a positive multiple of ranks {self.ranks}"),
+            (self.pool >= b > 0 and self.pool % max(b, 1) == 0,
+             f"pool {self.pool} must be >= the per-rank batch {b} and a multiple of it"),
+            (self.grad_accum >= 1 and b % self.grad_accum == 0,
+             f"per-rank batch {b} must be a multiple of grad_accum {self.grad_accum}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (0.0 <= self.label_dropout < 1.0, f"label_dropout must be in [0, 1), got {self.label_dropout}"),
+            (0.0 <= self.augment_p <= 1.0, f"augment_p must be in [0, 1], got {self.augment_p}"),
+            (self.precision in ("fp32", "bf16", "fp16"), f"precision must be fp32, bf16 or fp16, got {self.precision}"),
+            (not self.label_dropout or self.conditional, "label_dropout needs a conditional model"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(msg)
+
+    @property
+    def rank_batch(self) -> int:
+        return self.batch // self.ranks
+
+    @property
+    def steps_per_pool(self) -> int:
+        return self.pool // self.rank_batch
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("dataset", "network", "pairing"):
+            d[k] = getattr(self, k).to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        for k in ("dataset", "network", "pairing"):
+            d[k] = Choice.from_dict(d[k])
+        return cls(**d)
+
+    @property
+    def key(self) -> str:
+        return stable_hash({"train": self.to_dict()})
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """One evaluated cell: a trained model, a sampler at a schedule, a guidance, and the metrics to compute."""
+
+    train: TrainConfig
+    sampler: Choice
+    guidance: Choice
+    steps: int
+    rho: float = 7.0
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    n_samples: int = 1000
+    sample_seed: int = 0
+    metrics: tuple[Choice, ...] = field(default_factory=tuple)
+    #: conditional models: sample this class (None = classes drawn uniformly, seeded)
+    label: int | None = None
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise UserError(f"sampling steps must be >= 1, got {self.steps}")
+        if not self.rho > 0:
+            raise UserError(f"rho must be > 0, got {self.rho}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise UserError(f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
+                            f"sigma_max={self.sigma_max}")
+        if self.n_samples < 2:
+            raise UserError(f"n_samples must be >= 2, got {self.n_samples}")
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["train"] = self.train.to_dict()
+        d["sampler"], d["guidance"] = self.sampler.to_dict(), self.guidance.to_dict()
+        d["metrics"] = [m.to_dict() for m in self.metrics]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CellConfig:
+        d = dict(d)
+        d["train"] = TrainConfig.from_dict(d["train"])
+        d["sampler"], d["guidance"] = Choice.from_dict(d["sampler"]), Choice.from_dict(d["guidance"])
+        d["metrics"] = tuple(Choice.from_dict(m) for m in d["metrics"])
+        return cls(**d)
+
+    @property
+    def key(self) -> str:
+        return stable_hash({"cell": self.to_dict()})
+
+    def with_(self, **changes) -> CellConfig:
+        return replace(self, **changes)

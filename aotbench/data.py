@@ -1,0 +1,146 @@
+"""What a dataset plugin returns, and the feature extractors used for the domain Frechet distance (FD).
+
+FD numbers from different extractors are never comparable, so every extractor has a ``name`` that goes into the
+record beside the number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .seeds import generator
+from .storage import atomic_torch_save, load_checkpoint, stable_hash
+
+
+class RawFeatures:
+    """Features = the flattened coordinates themselves (the natural choice for 2-D sets)."""
+
+    def __init__(self, dim: int):
+        self.name = f"raw-{dim}d"
+
+    def prepare(self, cache_dir: Path, progress: bool = False) -> None:
+        pass
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).double()
+
+
+class _FeatureCNN(nn.Module):
+    """A small classifier whose penultimate layer (``width`` units) gives the FD features."""
+
+    def __init__(self, channels: int, num_classes: int, width: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, width), nn.SiLU())
+        self.head = nn.Linear(width, max(num_classes, 1))
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class ClassifierFeatures:
+    """FD features from a small CNN trained (once, deterministically, then cached) to classify the dataset.
+
+    Trained on the train split only, with seed 0 and a fixed budget, so the extractor is a pure function of the data:
+    its ``name`` carries a hash of the data and the recipe. Inputs are clamped to [-1, 1] like images are.
+    """
+
+    version = 1
+
+    def __init__(self, dataset: str, train: torch.Tensor, labels: torch.Tensor | None, num_classes: int,
+                 width: int = 32, epochs: int = 30, batch: int = 128):
+        self.train, self.labels, self.num_classes = train, labels, num_classes
+        self.width, self.epochs, self.batch = width, epochs, batch
+        recipe = dict(v=self.version, width=width, epochs=epochs, batch=batch, classes=num_classes,
+                      n=int(train.shape[0]), shape=list(train.shape[1:]),
+                      data=stable_hash([float(train.double().sum()), float(train.double().pow(2).sum()),
+                                        int(labels.sum()) if labels is not None else -1]))
+        self.key = stable_hash(recipe, 10)
+        kind = "cnn" if labels is not None else "randcnn"
+        self.name = f"{dataset}-{kind}{width}-{self.key[:6]}"
+        self.net: _FeatureCNN | None = None
+
+    def prepare(self, cache_dir: Path, progress: bool = False) -> None:
+        if self.net is not None:
+            return
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            net = _FeatureCNN(self.train.shape[1], self.num_classes, self.width)
+        path = Path(cache_dir) / "features" / f"{self.name}.pt"
+        if path.is_file():
+            net.load_state_dict(load_checkpoint(path, "aotbench-features-v1")["state"])
+        else:
+            if self.labels is not None:  # unlabeled data: the fixed random network is the (weaker) extractor
+                self._fit(net, progress)
+            atomic_torch_save(path, {"format": "aotbench-features-v1", "name": self.name, "state": net.state_dict()})
+        self.net = net.eval()
+
+    def _fit(self, net: _FeatureCNN, progress: bool) -> None:
+        from .progress import bar
+
+        opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+        n = self.train.shape[0]
+        with bar(total=self.epochs, desc="FD feature net", disable=not progress) as pb:
+            for epoch in range(self.epochs):
+                order = torch.randperm(n, generator=generator("features", epoch))
+                for start in range(0, n, self.batch):
+                    idx = order[start:start + self.batch]
+                    x = self.train[idx]
+                    x = x + 0.05 * torch.randn(x.shape, generator=generator("features-noise", epoch, start))
+                    loss = F.cross_entropy(net(x), self.labels[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                pb.update()
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.net is not None, "call prepare() first"
+        feats = [self.net.body(x[i:i + 512].clamp(-1, 1).float()) for i in range(0, x.shape[0], 512)]
+        return torch.cat(feats).double()
+
+
+@dataclass
+class Splits:
+    """A dataset as tensors: ``train`` [N, *S] and ``heldout`` [M, *S] in [-1, 1], labels [N] / [M] long or None."""
+
+    name: str
+    train: torch.Tensor
+    heldout: torch.Tensor
+    train_labels: torch.Tensor | None = None
+    heldout_labels: torch.Tensor | None = None
+    num_classes: int = 0
+    features: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.features is None:
+            self.features = (RawFeatures(self.train[0].numel()) if self.train.ndim == 2 else
+                             ClassifierFeatures(self.name, self.train, self.train_labels, self.num_classes))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.train.ndim == 4
+
+
+def stratified_split(labels: torch.Tensor, heldout_fraction: float, seed: int = 0):
+    """Indices (train, heldout) with the same class proportions in both; deterministic in ``seed``."""
+    train, held = [], []
+    for c in torch.unique(labels).tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator("split", seed, c))]
+        k = int(round(len(idx) * heldout_fraction))
+        held.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train).sort().values, torch.cat(held).sort().values

@@ -1,0 +1,101 @@
+"""EDM (Karras et al. 2022) preconditioning, training loss and noise-level schedule.
+
+Notation follows the EDM paper: data y with per-coordinate std sigma_data, noise level sigma, noisy input
+x = y + sigma * n, and the denoiser D(x; sigma) that estimates y.
+"""
+
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+SIGMA_DATA = 0.5
+P_MEAN, P_STD = -1.2, 1.2
+
+
+def _bcast(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[B] (or scalar) sigma viewed as [B, 1, ..., 1] to broadcast against x [B, *S]."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(x.shape[0])
+    return sigma.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class Precond(nn.Module):
+    """Wraps a raw network F into the EDM denoiser D(x; sigma) = c_skip x + c_out F(c_in x, c_noise).
+
+    c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1 / sqrt(sigma^2 + sd^2),
+    c_noise = ln(sigma) / 4 (EDM Table 1). ``num_classes`` is kept so that samplers can ask for the "no label" index.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int = 0, sigma_data: float = SIGMA_DATA):
+        super().__init__()
+        self.net, self.num_classes, self.sigma_data = net, num_classes, sigma_data
+
+    def forward(self, x, sigma, class_labels=None, augment_labels=None):
+        sigma = _bcast(sigma, x).to(torch.float32)
+        sd = self.sigma_data
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+        c_in = 1 / (sigma**2 + sd**2).sqrt()
+        c_noise = sigma.flatten().log() / 4
+        f = self.net((c_in * x).to(torch.float32), c_noise, class_labels, augment_labels)
+        return c_skip * x + c_out * f.to(torch.float32)
+
+
+def sample_sigma(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Training noise levels: ln sigma ~ N(P_mean, P_std^2); shape [n]."""
+    return (torch.randn(n, generator=generator, device=device) * P_STD + P_MEAN).exp()
+
+
+def loss_weight(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
+    """lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2, which makes the effective target unit-variance."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def edm_loss(model: Precond, y, noise, sigma, class_labels=None, augment_labels=None) -> torch.Tensor:
+    """Per-sample EDM loss lambda(sigma) ||D(y + sigma n; sigma) - y||^2, summed over pixels; shape [B].
+
+    ``noise`` is the (paired) standard-normal noise for each sample, so the noisy input is y + sigma * noise.
+    """
+    s = _bcast(sigma, y)
+    denoised = model(y + s * noise, sigma, class_labels, augment_labels)
+    return (loss_weight(s) * (denoised - y) ** 2).flatten(1).sum(1)
+
+
+def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                  device=None) -> torch.Tensor:
+    """The EDM rho-schedule plus a final 0; shape [steps + 1], float64 for accuracy in the samplers.
+
+    sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, i = 0..N-1, sigma_N = 0.
+    With steps=1 the schedule is [sigma_max, 0].
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if rho <= 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    i = torch.arange(steps, dtype=torch.float64, device=device)
+    frac = i / (steps - 1) if steps > 1 else i
+    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    sig = (a + frac * (b - a)) ** rho
+    return torch.cat([sig, torch.zeros(1, dtype=torch.float64, device=device)])
+
+
+def ema_beta(batch_img: int, cur_img: int, halflife_img: float, rampup_ratio: float | None) -> float:
+    """EDM's EMA decay per step: half-life in images, optionally ramped up as rampup_ratio * images seen."""
+    halflife = halflife_img
+    if rampup_ratio is not None and rampup_ratio > 0:
+        halflife = min(halflife, cur_img * rampup_ratio)
+    return 0.5 ** (batch_img / max(halflife, 1e-8))
+
+
+def lr_at(base_lr: float, cur_img: int, rampup_img: float) -> float:
+    """EDM's linear learning-rate ramp-up over ``rampup_img`` images."""
+    if rampup_img <= 0:
+        return base_lr
+    return base_lr * min(cur_img / rampup_img, 1.0)
+
+

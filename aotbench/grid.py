@@ -1,0 +1,135 @@
+"""Grids of cells: the axes ``run`` and ``sweep`` accept, and their expansion into validated :class:`CellConfig`s.
+
+Every axis takes a list; the cross product is the grid. Everything is validated here, before any training or
+sampling starts: unknown plugins or parameters, impossible combinations (CFG on an unconditional model), a class
+label outside the dataset's range, a network that cannot take the dataset's shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from .config import CellConfig, Choice, TrainConfig, resolve
+from .errors import UserError
+from .plugins import Registry
+
+#: grid axis -> (TrainConfig/CellConfig field, type)
+TRAIN_AXES = {"train_steps": ("steps", int), "batch": ("batch", int), "pool": ("pool", int), "ranks": ("ranks", int),
+              "lr": ("lr", float), "lr_rampup_img": ("lr_rampup_img", int),
+              "ema_halflife_img": ("ema_halflife_img", float), "ema_rampup_ratio": ("ema_rampup_ratio", float),
+              "conditional": ("conditional", bool), "label_dropout": ("label_dropout", float),
+              "augment_p": ("augment_p", float), "grad_accum": ("grad_accum", int), "precision": ("precision", str)}
+CELL_AXES = {"steps": ("steps", int), "rho": ("rho", float), "sigma_min": ("sigma_min", float),
+             "sigma_max": ("sigma_max", float), "n_samples": ("n_samples", int), "label": ("label", int)}
+CHOICE_AXES = {"dataset": "dataset", "network": "network", "pairing": "pairing", "sampler": "sampler",
+               "guidance": "guidance"}
+AXES = {*TRAIN_AXES, *CELL_AXES, *CHOICE_AXES, "seeds", "metrics"}
+
+#: used when neither the user nor the dataset plugin says otherwise
+FALLBACK = {"steps": [3, 5, 9, 18], "seeds": [0], "n_samples": [1000]}
+
+
+def _typed(axis: str, typ, value):
+    if isinstance(value, str) and typ is not str:
+        from .config import parse_value
+        value = parse_value(value)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise UserError(f"axis '{axis}' takes {typ.__name__} values, got {value!r}")
+    return value
+
+
+def as_list(value) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        return [v for v in _split_top(value) if v]
+    return [value]
+
+
+def _split_top(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",")]
+
+
+def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
+    """All cells of a grid spec (axis -> value or list of values), validated."""
+    unknown = sorted(set(spec) - AXES)
+    if unknown:
+        raise UserError(f"unknown grid axis {', '.join(unknown)} (axes: {', '.join(sorted(AXES))})")
+    spec = {k: as_list(v) for k, v in spec.items() if v is not None}
+    for axis, values in spec.items():
+        if not values:
+            raise UserError(f"axis '{axis}' is empty: the grid has no cells")
+    datasets = [resolve(registry, "dataset", d) for d in spec.get("dataset") or registry.defaults("dataset")]
+    metrics = tuple(resolve(registry, "metric", m) for m in spec.get("metrics") or registry.defaults("metric"))
+    cells: list[CellConfig] = []
+    for dataset in datasets:
+        dcls = registry.get("dataset", dataset.name).obj
+        local = {**FALLBACK, **{k: as_list(v) for k, v in getattr(dcls, "defaults", {}).items()}, **spec}
+        networks = local.get("network") or [getattr(dcls, "network", None)]
+        if networks == [None]:
+            raise UserError(f"dataset '{dataset.name}' names no default network; give --network")
+        choice_lists = {kind: [resolve(registry, kind, v) for v in (local.get(kind) or registry.defaults(kind))]
+                        for kind in ("pairing", "sampler", "guidance")}
+        choice_lists["network"] = [resolve(registry, "network", n) for n in networks]
+        for kind, values in choice_lists.items():
+            if not values:
+                raise UserError(f"no {kind} given and none is registered as a default")
+        train_axes = {a: [_typed(a, t, v) for v in local[a]] for a, (_, t) in TRAIN_AXES.items() if a in local}
+        cell_axes = {a: [_typed(a, t, v) for v in local[a]] for a, (_, t) in CELL_AXES.items() if a in local}
+        seeds = [_typed("seeds", int, s) for s in local["seeds"]]
+        t_names, t_values = list(train_axes), list(train_axes.values())
+        c_names, c_values = list(cell_axes), list(cell_axes.values())
+        for network, pairing, seed, *tv in itertools.product(choice_lists["network"], choice_lists["pairing"],
+                                                             seeds, *t_values):
+            tkw = {TRAIN_AXES[a][0]: v for a, v in zip(t_names, tv)}
+            train = TrainConfig(dataset=dataset, network=network, pairing=pairing, seed=seed, **tkw)
+            for sampler, guidance, *cv in itertools.product(choice_lists["sampler"], choice_lists["guidance"],
+                                                            *c_values):
+                ckw = {CELL_AXES[a][0]: v for a, v in zip(c_names, cv)}
+                cells.append(CellConfig(train=train, sampler=sampler, guidance=guidance, sample_seed=seed,
+                                        metrics=metrics, **ckw))
+    if not cells:
+        raise UserError("the grid has no cells")
+    validate(registry, cells)
+    return cells
+
+
+def validate(registry: Registry, cells: list[CellConfig]) -> None:
+    """Refuse impossible combinations before any work starts."""
+    from .train import build_model, load_splits
+
+    checked_models = set()
+    for cell in cells:
+        t = cell.train
+        splits = load_splits(registry, t.dataset)
+        if (t.dataset, t.network, t.conditional) not in checked_models:
+            build_model(registry, t, splits)  # wrong shapes, missing labels
+            checked_models.add((t.dataset, t.network, t.conditional))
+        guidance = registry.get("guidance", cell.guidance.name).build(**cell.guidance.kwargs)
+        needs = set(getattr(guidance, "needs", ()))
+        if "conditional" in needs and not t.conditional:
+            raise UserError(f"guidance '{cell.guidance.name}' needs a class-conditional model (set conditional=true)")
+        if "label_dropout" in needs and not t.label_dropout > 0:
+            raise UserError(f"guidance '{cell.guidance.name}' needs a model trained with label dropout "
+                            f"(set label_dropout, e.g. 0.1)")
+        if cell.label is not None:
+            if not t.conditional:
+                raise UserError(f"label={cell.label} given but the model is unconditional")
+            if not 0 <= cell.label < splits.num_classes:
+                raise UserError(f"class label {cell.label} is outside dataset '{t.dataset.name}' "
+                                f"(labels 0..{splits.num_classes - 1})")
+
+
+def describe(cell: CellConfig) -> dict:
+    """Flat, human-sized description of a cell (for progress lines and dry runs)."""
+    t = cell.train
+    return {"dataset": t.dataset.name, "pairing": t.pairing.name, "seed": t.seed, "sampler": cell.sampler.name,
+            "guidance": cell.guidance.name, "steps": cell.steps, "rho": cell.rho}
+
+
+__all__ = ["expand", "validate", "AXES", "Choice"]

@@ -1,0 +1,93 @@
+"""The aotbench plugin contract.
+
+Every strategy the suite compares is contributed through these six hooks, by the built-ins in ``plugins/`` exactly as
+by a third-party package. A third-party package exposes a module under the ``aotbench`` entry-point group::
+
+    [project.entry-points.aotbench]
+    my_pairing = "my_package.my_module"
+
+and implements any of the hooks below with :data:`aotbench.hookimpl`. Each hook receives a ``register`` callback;
+call it once per component: ``register(name, obj, default=False, check=None)``. Names are unique per kind across all plugins (a
+clash is an error naming both providers). ``default=True`` puts the component in the CLI's default grid for its kind
+(for metrics: computed unless ``--metrics`` is given). ``check(**params)``, optional, raises ValueError for parameter
+values outside their domain (classes do that in ``__init__``), so a bad value is refused before any work starts.
+
+Parameters are read from signatures: every keyword-only parameter with a default (for classes, of ``__init__``) is a
+user-settable parameter, shown by ``python -m aotbench list`` and set on the command line as ``name:key=value``.
+Values must be JSON scalars (int, float, bool, str) so that configurations hash stably.
+
+Shapes: ``N`` samples; ``*S`` the per-sample shape (``(2,)`` for 2-D sets, ``(C, H, W)`` for images).
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("aotbench")
+
+
+@hookspec
+def register_pairings(register):
+    """Register noise-data pairing strategies.
+
+    ``obj`` is a class; ``obj(**params)`` has ``pair(data, noise, labels=None) -> perm`` where ``data`` is ``[P, *S]``,
+    ``noise`` is ``[P, *S]`` standard normal, ``labels`` is ``[P]`` long when the model is class-conditional (else
+    None), and ``perm`` is a ``[P]`` LongTensor
+    such that ``noise[perm[i]]`` is paired with ``data[i]``. The engine checks that ``perm`` is a bijection. The
+    instance must be picklable: the engine may run ``pair`` in a background worker process.
+    """
+
+
+@hookspec
+def register_samplers(register):
+    """Register ODE/SDE samplers.
+
+    ``obj`` is a function ``sample(denoise, x, sigmas, *, generator=None, callback=None, **params) -> x0``.
+    ``denoise(x, sigma)`` returns D(x; sigma) (preconditioned, guided; ``sigma`` a Python float or 0-d tensor),
+    ``sigmas`` is a descending 1-d tensor ending in 0, and ``x = noise * sigmas[0]``. Samplers never count network
+    evaluations; the engine does. ``callback``, if given, is called as ``callback({"i", "x", "sigma", "denoised"})``
+    after each evaluation on the sampler's main path.
+    """
+
+
+@hookspec
+def register_guidance(register):
+    """Register guidance methods.
+
+    ``obj`` is a class; ``obj(**params)`` has:
+
+    - ``needs``: a set of model capabilities it requires, from ``{"conditional", "label_dropout"}``; the engine
+      refuses an impossible combination before any work starts;
+    - ``wrap(denoise, *, context) -> denoise``: returns the guided denoiser. ``context`` is an
+      :class:`aotbench.evaluate.GuidanceContext` (the unguided and unconditional model denoisers, class labels, the
+      dataset, a cache folder, and a ``costs`` dict for extra evaluations the guidance spends).
+    """
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets.
+
+    ``obj`` is a class; ``obj(**params).load() -> aotbench.data.Splits`` gives train and held-out tensors in
+    [-1, 1], optional labels, and a feature extractor for the domain Frechet distance. Optional class attributes:
+    ``network`` names its default network, ``defaults`` (a dict of grid axes, e.g. ``{"train_steps": 3000}``) sets
+    the training budget used when the user does not give one.
+    """
+
+
+@hookspec
+def register_networks(register):
+    """Register raw networks F (the engine wraps them in EDM preconditioning).
+
+    ``obj`` is a function or class ``obj(shape, num_classes, **params) -> nn.Module`` whose forward is
+    ``F(x, c_noise, class_labels=None, augment_labels=None)``: ``x`` is ``[B, *S]``, ``c_noise`` is ``[B]``,
+    ``class_labels`` is ``[B]`` long with ``num_classes`` meaning "no label" (for label dropout), or None.
+    """
+
+
+@hookspec
+def register_metrics(register):
+    """Register metrics computed for every evaluated cell.
+
+    ``obj`` is a class; ``obj(**params).compute(ctx) -> dict[str, float | str]`` where ``ctx`` is an
+    :class:`aotbench.evaluate.EvalContext`, which computes samples, features and the reference trajectory lazily and
+    shares them between metrics and cells of the same model.
+    """

@@ -1,0 +1,25 @@
+"""aotbench's built-in strategies, installed as the ``aotbench_plugins`` package.
+
+Each module is registered with the plugin manager exactly like a third-party plugin; none is imported by the core
+except through this list. A new pairing, sampler or guidance method is one more file here and one more line below.
+"""
+
+BUILTINS = [
+    "pairings.none",
+    "pairings.aot",
+    "pairings.pot_exact",
+    "pairings.sinkhorn",
+    "samplers.euler",
+    "samplers.heun",
+    "guidance.none",
+    "datasets.toy2d",
+    "datasets.digits",
+    "datasets.mnist5k",
+    "networks.mlp",
+    "networks.unet",
+    "metrics.nfe",
+    "metrics.fd",
+    "metrics.w2",
+    "metrics.trajectory",
+    "metrics.fid",
+]

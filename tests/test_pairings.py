@@ -1,0 +1,172 @@
+"""Pairing plugins: optimality, bijection, per-class blocks, and the approximations' guarantees."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
+
+from aotbench.assignment import cost_matrix, per_class, total_cost
+
+
+def make_pool(n, shape=(3, 2, 2), seed=0, labels=None):
+    g = torch.Generator().manual_seed(seed)
+    data = torch.rand((n, *shape), generator=g) * 2 - 1
+    noise = torch.randn((n, *shape), generator=g)
+    lab = None if labels is None else torch.randint(labels, (n,), generator=g)
+    return data, noise, lab
+
+
+def pairing(registry, name, **params):
+    return registry.get("pairing", name).build(**registry.get("pairing", name).resolve(params))
+
+
+def brute_force(data, noise, cost):
+    best = min(itertools.permutations(range(len(data))),
+               key=lambda p: total_cost(data, noise, torch.tensor(p), cost))
+    return total_cost(data, noise, torch.tensor(best), cost)
+
+
+def scipy_optimum(data, noise, cost):
+    c = cost_matrix(data, noise, cost).double().numpy()
+    r, col = linear_sum_assignment(c)
+    return total_cost(data, noise, torch.as_tensor(col[np.argsort(r)]), cost)
+
+
+@pytest.mark.parametrize("cost", ["l2", "sqeuclidean"])
+@pytest.mark.parametrize("n", [2, 5, 7])
+def test_aot_is_optimal_against_brute_force(registry, cost, n):
+    data, noise, _ = make_pool(n, seed=n)
+    perm = pairing(registry, "aot", cost=cost).pair(data, noise)
+    assert total_cost(data, noise, perm, cost) == pytest.approx(brute_force(data, noise, cost), rel=1e-9)
+
+
+@pytest.mark.parametrize("cost", ["l2", "sqeuclidean"])
+@pytest.mark.parametrize("solver", ["lapjv", "lap", "scipy"])
+def test_aot_matches_scipy_total_cost_at_256(registry, cost, solver):
+    data, noise, _ = make_pool(256, shape=(3, 8, 8), seed=1)
+    perm = pairing(registry, "aot", cost=cost, solver=solver).pair(data, noise)
+    assert total_cost(data, noise, perm, cost) == pytest.approx(scipy_optimum(data, noise, cost), rel=1e-6)
+
+
+def test_aot_beats_independent_pairing(registry):
+    data, noise, _ = make_pool(128, seed=2)
+    ident = total_cost(data, noise, torch.arange(128), "l2")
+    assert total_cost(data, noise, pairing(registry, "aot").pair(data, noise), "l2") < 0.97 * ident
+
+
+def test_l2_and_sqeuclidean_are_different_problems(registry):
+    data, noise, _ = make_pool(512, shape=(3, 16, 16), seed=3)
+    p1 = pairing(registry, "aot", cost="l2").pair(data, noise)
+    p2 = pairing(registry, "aot", cost="sqeuclidean").pair(data, noise)
+    assert not torch.equal(p1, p2)
+    assert total_cost(data, noise, p1, "l2") <= total_cost(data, noise, p2, "l2") + 1e-6
+    assert total_cost(data, noise, p2, "sqeuclidean") <= total_cost(data, noise, p1, "sqeuclidean") + 1e-6
+
+
+@pytest.mark.parametrize("name", ["aot", "pot-exact", "sinkhorn"])
+def test_per_class_never_pairs_across_classes(registry, name):
+    data, noise, labels = make_pool(60, seed=4, labels=4)
+    perm = pairing(registry, name).pair(data, noise, labels)
+    assert torch.equal(labels[perm], labels)
+
+
+def test_per_class_total_is_sum_of_class_optima(registry):
+    data, noise, labels = make_pool(18, seed=5, labels=3)
+    perm = pairing(registry, "aot", cost="l2").pair(data, noise, labels)
+    expected = 0.0
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        expected += scipy_optimum(data[idx], noise[idx], "l2")
+    assert total_cost(data, noise, perm, "l2") == pytest.approx(expected, rel=1e-9)
+    # and per_class=False solves the global problem, which is at least as good
+    glob = pairing(registry, "aot", per_class=False).pair(data, noise, labels)
+    assert total_cost(data, noise, glob, "l2") <= expected + 1e-9
+
+
+def test_pot_exact_equals_aot_in_sqeuclidean_cost(registry):
+    data, noise, _ = make_pool(200, shape=(3, 4, 4), seed=6)
+    pot = pairing(registry, "pot-exact").pair(data, noise)
+    aot = pairing(registry, "aot", cost="sqeuclidean").pair(data, noise)
+    assert total_cost(data, noise, pot, "sqeuclidean") == pytest.approx(
+        total_cost(data, noise, aot, "sqeuclidean"), rel=1e-9)
+
+
+def test_pot_exact_raises_its_iteration_cap_instead_of_returning_a_non_optimal_plan(registry):
+    data, noise, _ = make_pool(150, shape=(3, 4, 4), seed=7)
+    capped = pairing(registry, "pot-exact", num_iter_max=10).pair(data, noise)
+    assert total_cost(data, noise, capped, "sqeuclidean") == pytest.approx(
+        scipy_optimum(data, noise, "sqeuclidean"), rel=1e-9)
+
+
+def test_pot_exact_fails_loudly_when_the_cap_cannot_be_raised(registry):
+    data, noise, _ = make_pool(150, shape=(3, 4, 4), seed=7)
+    with pytest.raises(RuntimeError, match="optimality"):
+        pairing(registry, "pot-exact", num_iter_max=10, max_iter_cap=10).pair(data, noise)
+
+
+def test_sinkhorn_lies_between_optimum_and_a_small_factor_of_it(registry):
+    data, noise, _ = make_pool(200, shape=(3, 4, 4), seed=8)
+    opt = scipy_optimum(data, noise, "sqeuclidean")
+    cost = total_cost(data, noise, pairing(registry, "sinkhorn", reg=0.05).pair(data, noise), "sqeuclidean")
+    assert opt - 1e-9 <= cost <= 1.05 * opt
+
+
+def test_sinkhorn_approaches_the_optimum_as_reg_shrinks(registry):
+    data, noise, _ = make_pool(200, shape=(3, 4, 4), seed=9)
+    opt = scipy_optimum(data, noise, "sqeuclidean")
+    gaps = [total_cost(data, noise, pairing(registry, "sinkhorn", reg=r, num_iter_max=5000).pair(data, noise),
+                       "sqeuclidean") / opt - 1 for r in (1.0, 0.1, 0.01, 0.0003)]
+    assert all(b <= a + 1e-3 for a, b in zip(gaps, gaps[1:])), gaps
+    assert gaps[0] > 0.01 and abs(gaps[-1]) < 1e-9, gaps
+
+
+def test_chunked_cost_equals_unchunked():
+    data, noise, _ = make_pool(300, shape=(3, 8, 8), seed=10)
+    for cost in ("l2", "sqeuclidean"):
+        full, chunked = cost_matrix(data, noise, cost), cost_matrix(data, noise, cost, chunk=7)
+        # BLAS may block the product differently per chunk: equal to float32 rounding, same assignment
+        assert torch.allclose(full, chunked, rtol=1e-6, atol=1e-5)
+        from aotbench_plugins.pairings.aot import assignment
+        assert np.array_equal(assignment(full), assignment(chunked))
+        assert torch.allclose(full, torch.cdist(data.flatten(1), noise.flatten(1)) ** (1 if cost == "l2" else 2),
+                              rtol=1e-4, atol=1e-3)
+
+
+def test_cost_matrix_refuses_a_pool_over_the_memory_budget():
+    data, noise, _ = make_pool(64)
+    with pytest.raises(MemoryError, match="GiB"):
+        cost_matrix(data, noise, max_bytes=1000)
+
+
+def test_per_class_helper_keeps_blocks(registry):
+    labels = torch.tensor([0, 1, 0, 1, 1])
+    perm = per_class(labels, 5, lambda idx: torch.arange(len(idx)).flip(0))
+    assert perm.tolist() == [2, 4, 0, 3, 1]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), dim=st.integers(1, 6), classes=st.sampled_from([None, 1, 3]),
+       name=st.sampled_from(["none", "aot", "pot-exact", "sinkhorn"]), seed=st.integers(0, 1000))
+def test_every_pairing_returns_a_permutation(registry, n, dim, classes, name, seed):
+    data, noise, labels = make_pool(n, shape=(dim,), seed=seed, labels=classes)
+    perm = pairing(registry, name).pair(data, noise, labels)
+    assert torch.equal(torch.sort(torch.as_tensor(perm)).values, torch.arange(n))
+
+
+def test_missing_solver_falls_back_with_one_notice(registry, monkeypatch, capsys):
+    from aotbench_plugins.pairings import aot
+
+    monkeypatch.setattr(aot, "_installed", lambda module: module == "scipy")
+    monkeypatch.setattr(aot, "_NOTICED", set())
+    data, noise, _ = make_pool(30)
+    p = pairing(registry, "aot", solver="lapjv")
+    for _ in range(3):
+        perm = p.pair(data, noise)
+    assert capsys.readouterr().err.count("not installed") == 1
+    assert total_cost(data, noise, perm, "l2") == pytest.approx(scipy_optimum(data, noise, "l2"), rel=1e-9)

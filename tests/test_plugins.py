@@ -1,0 +1,120 @@
+"""The plugin contract: built-ins and third-party entry points register the same way, names are unique,
+AOTBENCH_PLUGINS restricts loading, and `list` shows everything with its parameters and provider."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from conftest import run_cli
+
+PLUGIN = '''
+import torch
+from aotbench import hookimpl
+
+
+class ReversePairing:
+    """Pairs data i with noise n-1-i (a third-party test pairing)."""
+
+    def __init__(self, *, shift: int = 0):
+        self.shift = shift
+
+    def pair(self, data, noise, labels=None):
+        return torch.arange(data.shape[0]).flip(0).roll(self.shift)
+
+
+@hookimpl
+def register_pairings(register):
+    register("{name}", ReversePairing)
+'''
+
+
+def make_plugin(root, dist="thirdparty-pairing", module="thirdparty_pairing", name="reverse", extra=""):
+    """A real installed distribution: a module plus a *.dist-info with entry_points.txt, on a folder of sys.path."""
+    site = root / "site"
+    site.mkdir(exist_ok=True)
+    (site / f"{module}.py").write_text(PLUGIN.format(name=name) + textwrap.dedent(extra))
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[aotbench]\n{module} = {module}\n")
+    return {"PYTHONPATH": str(site)}
+
+
+def test_list_shows_the_four_pairings_with_parameters_and_provider():
+    out = run_cli("list", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    rows = {(r["kind"], r["name"].rstrip(" *")): r for r in json.loads(out.stdout)}
+    for name in ("none", "aot", "pot-exact", "sinkhorn"):
+        assert ("pairing", name) in rows
+        assert rows[("pairing", name)]["provided_by"].startswith("aotbench")
+    assert "cost='l2'" in rows[("pairing", "aot")]["params"]
+    assert "reg=0.05" in rows[("pairing", "sinkhorn")]["params"]
+    for kind in ("sampler", "guidance", "dataset", "network", "metric"):
+        assert any(k == kind for k, _ in rows)
+
+
+def test_a_third_party_entry_point_plugin_is_listed_and_trains_by_name(tmp_path):
+    env = make_plugin(tmp_path)
+    out = run_cli("list", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "reverse" in out.stdout and "thirdparty-pairing 0.1" in out.stdout and "shift=0" in out.stdout
+    run = run_cli("run", "--dataset", "moons", "--network", "mlp:width=32:depth=1", "--pairing", "reverse:shift=3",
+                  "--sampler", "euler", "--steps", "3", "--train-steps", "20", "--batch", "32", "--pool", "64",
+                  "--n-samples", "50", "--metrics", "nfe", "--results", str(tmp_path / "res"), "--quiet", env=env)
+    assert run.returncode == 0, run.stderr
+    assert "reverse:shift=3" in run.stdout or "reverse" in run.stdout
+    rec = json.loads(next((tmp_path / "res" / "run" / "cells").glob("*.json")).read_text())
+    assert rec["config"]["train"]["pairing"] == {"name": "reverse", "shift": 3}
+
+
+def test_aotbench_plugins_restricts_entry_point_plugins(tmp_path):
+    env = make_plugin(tmp_path)
+    assert "reverse" not in run_cli("list", env={**env, "AOTBENCH_PLUGINS": ""}).stdout
+    assert "reverse" in run_cli("list", env={**env, "AOTBENCH_PLUGINS": "thirdparty-pairing"}).stdout
+    assert "reverse" not in run_cli("list", env={**env, "AOTBENCH_PLUGINS": "something_else"}).stdout
+    assert "aot" in run_cli("list", env={**env, "AOTBENCH_PLUGINS": ""}).stdout  # built-ins always load
+
+
+def test_two_plugins_claiming_one_name_is_an_error_naming_both(tmp_path):
+    env = make_plugin(tmp_path, name="aot")
+    out = run_cli("list", env=env)
+    assert out.returncode == 2
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert "'aot' is registered twice" in line and "aotbench_plugins.pairings.aot" in line
+    assert "thirdparty-pairing 0.1" in line
+
+
+def test_a_misspelt_hook_fails_loudly(tmp_path):
+    env = make_plugin(tmp_path, extra='''
+        @hookimpl
+        def register_pairing(register):
+            pass
+        ''')
+    out = run_cli("list", env=env)
+    assert out.returncode == 2
+    assert "register_pairing" in out.stderr and "thirdparty_pairing" in out.stderr
+
+
+@pytest.mark.parametrize("flag,value,expected", [
+    ("--pairing", "hungarian", "unknown pairing 'hungarian' (available: aot, none, pot-exact, sinkhorn"),
+    ("--dataset", "cifar100", "unknown dataset 'cifar100' (available:"),
+    ("--network", "resnet", "unknown network 'resnet' (available:"),
+    ("--pairing", "aot:costs=l2", "pairing 'aot' has no parameter costs"),
+    ("--pairing", "aot:cost=l1", "pairing 'aot': cost must be one of l2, sqeuclidean"),
+    ("--pool", "100", "pool 100 must be >= the per-rank batch 128 and a multiple of it"),
+    ("--pool", "200", "pool 200 must be >= the per-rank batch 128 and a multiple of it"),
+    ("--network", "unet", "network 'unet' cannot take data of shape (2,)"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, flag, value, expected):
+    args = ["run", "--dataset", "moons", "--batch", "128", "--results", str(tmp_path), flag, value]
+    if flag == "--dataset":
+        args = ["run", "--results", str(tmp_path), flag, value]
+    out = run_cli(*args)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert expected in out.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
