@@ -6,7 +6,6 @@ Every mistake a user can make ends in one line on stderr naming the cause, and e
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -55,7 +54,8 @@ def _add_exec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--force", action="store_true", help="re-evaluate cells that already have a record")
     p.add_argument("--eval-batch", type=int, default=2000, help="samples per sampling batch")
-    p.add_argument("--pair-workers", type=int, default=1, help="background pairing processes (0 = in line)")
+    p.add_argument("--pair-workers", type=int, default=None,
+                   help="background pairing processes (0 = in line; default: 1 if a core is spare, else 0)")
     p.add_argument("--pair-threads", type=int, default=1, help="torch threads per pairing worker")
     p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -100,7 +100,7 @@ class Component:
                 self.check(**params)
             elif inspect.isclass(self.obj) and self.kind != "network":
                 self.obj(**params)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, OSError) as err:
             raise UserError(f"{self.kind} '{self.name}': {err}") from None
 
     def build(self, **params):

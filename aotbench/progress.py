@@ -1,4 +1,7 @@
-"""Progress bars (tqdm on stderr) shared by training, sampling and feature extraction."""
+"""Progress bars (tqdm on stderr) shared by training, sampling and feature extraction.
+
+On a terminal they redraw twice a second; in a log file (SLURM, CI) they write a line every 30 s at most.
+"""
 
 from __future__ import annotations
 
@@ -8,5 +11,6 @@ from tqdm.auto import tqdm
 
 
 def bar(total=None, desc="", disable=False, unit="it", **kw):
+    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     return tqdm(total=total, desc=desc, disable=disable, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                mininterval=0.5, leave=False, **kw)
+                mininterval=0.5 if tty else 30.0, leave=False, **kw)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import signal
 import threading
 import time
@@ -46,7 +47,9 @@ class TrainOptions:
 
     device: str = "cpu"
     ckpt_every: int = 500
-    pair_workers: int = 1
+    #: background pairing processes; None = auto: one when a core is left over (a GPU run, or more cores than
+    #: torch threads), else pair in line (on a 2-core laptop a worker would only fight the trainer for cores)
+    pair_workers: int | None = None
     pair_threads: int = 1
     progress: bool = True
     handle_signals: bool = False
@@ -89,7 +92,7 @@ def build_model(registry: Registry, cfg: TrainConfig, splits: Splits) -> edm.Pre
 
 def _fresh_state(model, cfg):
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
     return ema, opt
 
 
@@ -162,9 +165,12 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
     labels = splits.train_labels if cfg.conditional else None
     sources = {r: PoolSource(splits.train, labels, cfg.pool, cfg.seed, r, pairing, cfg.pairing.name, augment)
                for r in my_ranks}
+    workers = opts.pair_workers
+    if workers is None:
+        workers = 1 if device.type == "cuda" or (os.cpu_count() or 1) > torch.get_num_threads() else 0
     b, spp = cfg.rank_batch, cfg.steps_per_pool
     first_pool, last_pool = step // spp, math.ceil(cfg.steps / spp)
-    streams = {r: iter_pools(sources[r], first_pool, last_pool, opts.pair_workers, opts.pair_threads)
+    streams = {r: iter_pools(sources[r], first_pool, last_pool, workers, opts.pair_threads)
                for r in my_ranks}
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -218,8 +224,7 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
                 step += 1
                 beta = edm.ema_beta(cfg.batch, step * cfg.batch, cfg.ema_halflife_img, cfg.ema_rampup_ratio)
                 with torch.no_grad():
-                    for pe, pm in zip(ema.parameters(), model.parameters()):
-                        pe.lerp_(pm.detach(), 1 - beta)
+                    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - beta)
                     for be, bm in zip(ema.buffers(), model.buffers()):
                         be.copy_(bm)
                 running, n_running = running + step_loss, n_running + 1

@@ -13,7 +13,7 @@ from aotbench.data import Splits, stratified_split
 class Digits:
     """scikit-learn digits: 1797 x 1x8x8 in [-1, 1], 10 classes; stratified 80/20 train/held-out split."""
 
-    network = "unet"
+    network = "unet:channels=16"
     defaults = {"train_steps": 3000, "batch": 128, "pool": 512, "n_samples": 1000, "steps": [2, 3, 5, 9, 18]}
 
     def __init__(self, *, heldout_fraction: float = 0.2):
