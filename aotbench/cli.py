@@ -146,6 +146,48 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _ints(text: str, name: str) -> list[int]:
+    from .bench import check_positive
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{name} takes a comma list of integers, got '{text}'") from None
+    check_positive(name, values)
+    return values
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_pairing, bench_training
+    from .plugins import get_registry
+
+    registry = get_registry()
+    log = (lambda m: print(m, file=sys.stderr))
+    if args.what == "pairing":
+        strategies = args.strategies.split(",") if args.strategies else None
+        for s in strategies or []:
+            if s not in ("paper", "torchcfm-emd"):
+                registry.get("pairing", s)
+        print(f"bench pairing: pools {args.pool}, dim {args.dim}, {args.repeats} repeat(s), "
+              f"{__import__('torch').get_num_threads()} torch thread(s)", file=sys.stderr)
+        df = bench_pairing(registry, _ints(args.pool, "--pool"), _ints(str(args.dim), "--dim")[0], args.repeats,
+                           strategies, progress=log)
+    else:
+        pairings = args.strategies.split(",") if args.strategies else registry.defaults("pairing")
+        spec = {"dataset": args.dataset, "network": args.network, "batch": _ints(str(args.batch), "--batch")[0],
+                "pool": _ints(args.pool, "--pool")[0]}
+        print(f"bench training: {args.dataset}, pool {spec['pool']}, batch {spec['batch']}, {args.steps} steps, "
+              f"trainer {args.train_threads} thread(s), {args.pair_workers} pairing worker(s) x "
+              f"{args.pair_threads} thread(s)", file=sys.stderr)
+        df = bench_training(registry, spec, pairings, args.steps, args.train_threads, args.pair_threads,
+                            args.pair_workers, progress=log)
+    if args.format == "csv":
+        print(df.to_csv(index=False), end="")
+    else:
+        print(df.to_markdown(index=False, floatfmt=".4g"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aotbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grid_flags(p)
     _add_exec_flags(p)
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("bench", help="time pairings side by side, or training throughput per pairing")
+    p.add_argument("what", choices=("pairing", "training"))
+    p.add_argument("--pool", default="512,2048", help="pool sizes (pairing: a comma list; training: one)")
+    p.add_argument("--dim", type=int, default=3072, help="pairing: data dimension (3072 = CIFAR-10)")
+    p.add_argument("--repeats", type=int, default=3, help="pairing: repeats per cell (the median is reported)")
+    p.add_argument("--strategies", default=None, help="pairings to time (default: all; training: the defaults)")
+    p.add_argument("--dataset", default="uniform-images", help="training: dataset")
+    p.add_argument("--network", default=None, help="training: network (default: the dataset's)")
+    p.add_argument("--batch", type=int, default=256, help="training: batch")
+    p.add_argument("--steps", type=int, default=64, help="training: optimizer steps per pairing")
+    p.add_argument("--train-threads", type=int, default=1, help="training: torch threads of the trainer")
+    p.add_argument("--pair-workers", type=int, default=1, help="training: background pairing processes")
+    p.add_argument("--pair-threads", type=int, default=1, help="training: torch threads per pairing worker")
+    p.add_argument("--format", choices=("table", "csv"), default="table")
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("list", help="every registered plugin, its parameters and where it comes from")
     p.add_argument("--format", choices=("text", "json"), default="text")

@@ -110,6 +110,12 @@ def validate(registry: Registry, cells: list[CellConfig]) -> None:
         if (t.dataset, t.network, t.conditional) not in checked_models:
             build_model(registry, t, splits)  # wrong shapes, missing labels
             checked_models.add((t.dataset, t.network, t.conditional))
+        pairing = registry.get("pairing", t.pairing.name).build(**t.pairing.kwargs)
+        if hasattr(pairing, "check_pool"):
+            try:
+                pairing.check_pool(t.pool, splits.shape)
+            except ValueError as err:
+                raise UserError(f"pairing '{t.pairing.name}': {err}") from None
         guidance = registry.get("guidance", cell.guidance.name).build(**cell.guidance.kwargs)
         needs = set(getattr(guidance, "needs", ()))
         if "conditional" in needs and not t.conditional:

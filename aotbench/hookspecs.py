@@ -32,7 +32,9 @@ def register_pairings(register):
     ``noise`` is ``[P, *S]`` standard normal, ``labels`` is ``[P]`` long when the model is class-conditional (else
     None), and ``perm`` is a ``[P]`` LongTensor
     such that ``noise[perm[i]]`` is paired with ``data[i]``. The engine checks that ``perm`` is a bijection. The
-    instance must be picklable: the engine may run ``pair`` in a background worker process.
+    instance must be picklable: the engine may run ``pair`` in a background worker process. Optional
+    ``check_pool(pool, shape)`` raises ValueError for a pool it cannot handle (e.g. over a memory budget), so the
+    engine refuses it before training starts.
     """
 
 

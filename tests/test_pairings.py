@@ -170,3 +170,21 @@ def test_missing_solver_falls_back_with_one_notice(registry, monkeypatch, capsys
         perm = p.pair(data, noise)
     assert capsys.readouterr().err.count("not installed") == 1
     assert total_cost(data, noise, perm, "l2") == pytest.approx(scipy_optimum(data, noise, "l2"), rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 2, 33, 700])
+@pytest.mark.parametrize("cost", ["l2", "sqeuclidean"])
+def test_fast_aot_equals_scipy_at_several_sizes(registry, n, cost):
+    data, noise, _ = make_pool(n, shape=(48,), seed=n)
+    fast = pairing(registry, "aot", cost=cost, chunk=64).pair(data, noise)
+    assert total_cost(data, noise, fast, cost) == pytest.approx(scipy_optimum(data, noise, cost), rel=1e-7)
+
+
+def test_a_pool_over_the_memory_budget_is_refused_before_training(tmp_path):
+    from conftest import run_cli
+
+    out = run_cli("run", "--dataset", "moons", "--pairing", "aot:max_memory_gb=0.001", "--batch", "64",
+                  "--pool", "1024", "--results", str(tmp_path))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "pool of 1024" in out.stderr and "max_memory_gb" in out.stderr
+    assert not any(tmp_path.iterdir())

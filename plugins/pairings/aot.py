@@ -84,6 +84,13 @@ class AOT:
         self.cost, self.per_class, self.solver, self.chunk = cost, per_class, solver, chunk
         self.device, self.max_bytes = device, max_memory_gb * 2**30
 
+    def check_pool(self, pool: int, shape: tuple[int, ...]) -> None:
+        """Refuse, before training, a pool whose cost matrix exceeds the memory budget."""
+        if pool * pool * 4 > self.max_bytes:
+            raise ValueError(f"a pool of {pool} needs a {pool}x{pool} float32 cost matrix "
+                             f"({pool * pool * 4 / 2**30:.1f} GiB), over max_memory_gb={self.max_bytes / 2**30:g}; "
+                             f"lower the pool or raise max_memory_gb")
+
     def pair(self, data, noise, labels=None):
         def solve(idx):
             c = cost_matrix(data[idx], noise[idx], self.cost, self.chunk, self.device, self.max_bytes)
