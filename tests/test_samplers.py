@@ -133,3 +133,63 @@ def test_karras_schedule_shape_and_endpoints():
     # larger rho puts more steps at small sigma
     assert karras_sigmas(14, 0.002, 80.0, 90.0)[7] < karras_sigmas(14, 0.002, 80.0, 7.0)[7]
     assert math.isclose(float(karras_sigmas(1)[0]), 80.0)
+
+
+def test_dpmpp_2m_converges_with_order_two(registry):
+    order, errs = fitted_order(registry, "dpmpp-2m", steps=(16, 32, 64, 128))
+    assert 1.7 < order < 2.4, errs
+
+
+@pytest.mark.parametrize("sampler,steps,nfe", [("dpmpp-2m", 7, 7), ("edm-stochastic", 6, 11)])
+def test_nfe_of_the_other_fixed_step_samplers(registry, sampler, steps, nfe):
+    ctx = context(registry, GaussianDenoiser(MU, S), sampler, steps)
+    ctx.samples
+    assert ctx.nfe == nfe
+
+
+def test_edm_stochastic_without_churn_equals_heun_exactly(registry):
+    x = torch.randn(32, 3, generator=torch.Generator().manual_seed(1)) * 80
+    d = GaussianDenoiser(MU, S)
+    sig = karras_sigmas(9)
+    heun = registry.get("sampler", "heun").build()(lambda x, s: d(x, s), x.clone(), sig)
+    stoch = registry.get("sampler", "edm-stochastic").build(s_churn=0.0)(
+        lambda x, s: d(x, s), x.clone(), sig, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(heun, stoch)
+
+
+def test_edm_stochastic_with_churn_is_seeded_and_still_samples_the_target(registry):
+    comp = registry.get("sampler", "edm-stochastic")
+    fn = comp.build(**comp.resolve({"s_churn": 10.0, "s_min": 0.05, "s_max": 50.0}))
+    d = GaussianDenoiser(MU, S)
+    x = torch.randn(4000, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 80
+    a = fn(lambda x, s: d(x, s), x.clone(), karras_sigmas(64), generator=torch.Generator().manual_seed(0))
+    b = fn(lambda x, s: d(x, s), x.clone(), karras_sigmas(64), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, registry.get("sampler", "heun").build()(lambda x, s: d(x, s), x.clone(), karras_sigmas(64)))
+    assert a.mean().item() == pytest.approx(MU, abs=0.03) and a.std().item() == pytest.approx(S, rel=0.03)
+
+
+def test_rk45_needs_fewer_evaluations_for_a_straight_ode(registry):
+    nfe = {}
+    for name, s in (("point", 0.0), ("wide", 3.0)):
+        ctx = context(registry, GaussianDenoiser(MU, s), "rk45", 18)
+        ctx.samples
+        nfe[name] = ctx.nfe
+    assert nfe["point"] < nfe["wide"], nfe
+
+
+def test_rk45_reaches_the_exact_solution_within_tolerance(registry):
+    comp = registry.get("sampler", "rk45")
+    fn = comp.build(**comp.resolve({"rtol": 1e-6, "atol": 1e-6}))
+    d = GaussianDenoiser(MU, S)
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 80
+    out = fn(lambda x, s: d(x, s), x.clone(), karras_sigmas(18))
+    exact = d(exact_solution(x, 80.0, 0.002, MU, S), 0.002)
+    assert float((out - exact).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("sampler,params,msg", [("edm-stochastic", {"s_churn": -1.0}, "s_churn >= 0"),
+                                                ("rk45", {"rtol": 0.0}, "rtol > 0")])
+def test_sampler_parameters_outside_their_domain_are_refused(registry, sampler, params, msg):
+    with pytest.raises(UserError, match=msg):
+        registry.get("sampler", sampler).resolve(params)
