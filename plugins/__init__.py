@@ -15,6 +15,8 @@ BUILTINS = [
     "samplers.dpmpp_2m",
     "samplers.rk45",
     "guidance.none",
+    "guidance.cfg",
+    "guidance.dg",
     "datasets.toy2d",
     "datasets.digits",
     "datasets.mnist5k",
