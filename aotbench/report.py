@@ -1,0 +1,302 @@
+"""``report``: a folder of records -> tables (markdown, CSV, LaTeX) and figures (PNG).
+
+Tables give the mean +- sd over seeds:
+
+- ``models``: per dataset x pairing (x conditional): curvature of the probability-flow ODE, training seconds and
+  the share of them spent pairing;
+- ``cells``: per dataset x pairing x sampler x rho x guidance x NFE: FD (FID where computed), W2, truncation error.
+
+Figures: FD vs NFE (one line per pairing, seed bands), curvature per pairing, truncation error vs NFE, 2-D ODE
+trajectories of two pairings side by side, the "tangent strip" (the denoiser output D(x_sigma; sigma) at about 10
+sigmas along one trajectory, the AOT paper's teaser figure), and a sample grid per pairing. Figures that need
+arrays the records do not have (trajectories, samples) are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+from .records import read_records
+from .storage import atomic_write_bytes, atomic_write_text
+from .tables import records_frame, summarize
+
+MODEL_BY = ["dataset", "pairing", "conditional"]
+CELL_BY = ["dataset", "pairing", "conditional", "guidance", "sampler", "rho", "steps"]
+CELL_METRICS = ["nfe", "fd", "fid", "w2", "trunc_err", "disc_grad_evals"]
+
+
+def _pm(mean, sd, n, digits=4) -> str:
+    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
+        return "–"
+    text = f"{mean:.{digits}g}"
+    return text if n <= 1 else f"{text} ± {sd:.2g}"
+
+
+def model_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model configuration (seeds pooled): curvature and training time with its pairing share."""
+    per_model = df.drop_duplicates("train_key").copy()
+    per_model["pair_share"] = per_model["pair_seconds"] / per_model["train_seconds"]
+    metrics = [m for m in ("curvature", "train_seconds", "pair_seconds", "pair_share") if m in per_model]
+    return summarize(per_model, metrics, by=[c for c in MODEL_BY if c in per_model])
+
+
+def cell_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per cell configuration (seeds pooled), ordered so that pairings sit next to each other at equal NFE."""
+    metrics = [m for m in CELL_METRICS if m in df.columns and df[m].notna().any()]
+    out = summarize(df, metrics, by=[c for c in CELL_BY if c in df.columns])
+    order = {p: i for i, p in enumerate(dict.fromkeys(df["pairing"]))}
+    out["_p"] = out["pairing"].map(order)
+    keys = [c for c in ("dataset", "conditional", "guidance", "sampler", "rho", "steps") if c in out] + ["_p"]
+    return out.sort_values(keys, kind="stable").drop(columns="_p").reset_index(drop=True)
+
+
+def _display(summary: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    metrics = [c for c in summary.columns if c not in by and not c.endswith("_sd") and c != "seeds"]
+    out = summary[[c for c in by if c in summary]].copy()
+    for m in metrics:
+        out[m] = [_pm(a, b, n) for a, b, n in zip(summary[m], summary[f"{m}_sd"], summary["seeds"])]
+    out["seeds"] = summary["seeds"]
+    return out
+
+
+def _drop_constant(df: pd.DataFrame, keep=("pairing",)) -> pd.DataFrame:
+    return df[[c for c in df.columns if c in keep or df[c].astype(str).nunique() > 1 or c == "seeds"]]
+
+
+def write_tables(df: pd.DataFrame, out: Path) -> dict[str, pd.DataFrame]:
+    models, cells = model_table(df), cell_table(df)
+    md = ["# Results", "", f"{df['train_key'].nunique()} model(s), {len(df)} cell record(s); mean ± sd over seeds.",
+          ""]
+    for ds in cells["dataset"].unique():
+        md += [f"## {ds}", "", "### Models: ODE curvature and training cost", "",
+               _drop_constant(_display(models[models.dataset == ds], MODEL_BY)).to_markdown(index=False), "",
+               "### Cells: quality vs NFE", "",
+               _drop_constant(_display(cells[cells.dataset == ds], CELL_BY),
+                              keep=("pairing", "sampler", "nfe")).to_markdown(index=False), ""]
+    extractors = sorted({str(x) for x in df.get("fd_extractor", pd.Series(dtype=str)).dropna()})
+    if extractors:
+        md += [f"FD feature extractors: {', '.join(extractors)} (FD values from different extractors are not "
+               "comparable).", ""]
+    atomic_write_text(out / "table.md", "\n".join(md))
+    atomic_write_text(out / "table.csv", cells.to_csv(index=False))
+    atomic_write_text(out / "models.csv", models.to_csv(index=False))
+    tex = _display(cells, CELL_BY).to_latex(index=False, escape=True)
+    atomic_write_text(out / "table.tex", tex)
+    return {"models": models, "cells": cells}
+
+
+# -- figures ----------------------------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _lines_vs_nfe(cells: pd.DataFrame, metric: str, out: Path, name: str, ylabel: str) -> list[Path]:
+    plt = _plt()
+    written = []
+    sub = cells[cells[metric].notna()] if metric in cells else cells.iloc[0:0]
+    for ds in sub["dataset"].unique() if len(sub) else []:
+        d = sub[sub.dataset == ds]
+        panels = d[["sampler", "rho", "guidance", "conditional"]].drop_duplicates().values.tolist()
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+        for ax, (sampler, rho, guidance, cond) in zip(axes[0], panels):
+            p = d[(d.sampler == sampler) & (d.rho == rho) & (d.guidance == guidance) & (d.conditional == cond)]
+            for pairing, g in p.groupby("pairing", sort=False):
+                g = g.sort_values("nfe")
+                ax.plot(g["nfe"], g[metric], marker="o", ms=3, label=pairing)
+                ax.fill_between(g["nfe"], g[metric] - g[f"{metric}_sd"], g[metric] + g[f"{metric}_sd"], alpha=0.2)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            title = f"{sampler}, rho={rho:g}" + ("" if guidance == "none" else f", {guidance}") + \
+                (", cond." if cond else "")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("NFE")
+            ax.grid(alpha=0.3, which="both")
+        axes[0][0].set_ylabel(ylabel)
+        axes[0][-1].legend(fontsize=8)
+        fig.suptitle(f"{ds}: {ylabel} vs NFE (mean ± sd over seeds)", fontsize=10)
+        path = out / f"{name}_{ds}.png"
+        _save(fig, path)
+        written.append(path)
+    return written
+
+
+def _curvature_bars(models: pd.DataFrame, out: Path) -> list[Path]:
+    if "curvature" not in models or models["curvature"].isna().all():
+        return []
+    plt = _plt()
+    sets = list(models["dataset"].unique())
+    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.2), squeeze=False)
+    for ax, ds in zip(axes[0], sets):
+        m = models[models.dataset == ds]
+        labels = [p + (" (cond.)" if c else "") for p, c in zip(m.pairing, m.conditional)]
+        ax.bar(labels, m["curvature"], yerr=m["curvature_sd"], capsize=3, color="tab:blue", alpha=0.8)
+        ax.set_title(ds, fontsize=10)
+        ax.set_ylabel("curvature (0 = straight)")
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+    path = out / "curvature.png"
+    _save(fig, path)
+    return [path]
+
+
+def _artifact(folder: Path, rec: dict) -> dict | None:
+    path = folder / "artifacts" / f"{rec['cell_key']}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _pick(df: pd.DataFrame, records: dict, folder: Path, dataset: str, pairing: str, key: str):
+    """The artifact `key` of the seed-0, unguided, highest-NFE cell of one pairing (or None)."""
+    d = df[(df.dataset == dataset) & (df.pairing == pairing) & (df.seed == df.seed.min())]
+    if "guidance" in d:
+        d = d[d.guidance == "none"]
+    for _, row in d.sort_values("nfe", ascending=False).iterrows():
+        art = _artifact(folder, records[row.cell_key])
+        if art is not None and key in art:
+            return art
+    return None
+
+
+def _two_pairings(df: pd.DataFrame, dataset: str) -> list[str]:
+    """Which pairings to show side by side: the registered defaults if present (none vs aot), else the first two."""
+    from .plugins import get_registry
+
+    present = list(dict.fromkeys(df[df.dataset == dataset].pairing))
+    try:
+        preferred = [p for p in get_registry().defaults("pairing") if p in present]
+    except UserError:
+        preferred = []
+    ordered = sorted(preferred, key=present.index) + [p for p in present if p not in preferred]
+    return ordered[:2]
+
+
+def _trajectories(df, records, folder, out) -> list[Path]:
+    plt = _plt()
+    written = []
+    for ds in df.dataset.unique():
+        pairings = _two_pairings(df, ds)
+        arts = [(p, _pick(df, records, folder, ds, p, "trajectory_x")) for p in pairings]
+        arts = [(p, a) for p, a in arts if a is not None]
+        if not arts or arts[0][1]["trajectory_x"].ndim != 3 or arts[0][1]["trajectory_x"].shape[-1] != 2:
+            continue
+        fig, axes = plt.subplots(1, len(arts), figsize=(4.2 * len(arts), 4.2), squeeze=False)
+        for ax, (p, a) in zip(axes[0], arts):
+            xs, sig = a["trajectory_x"], a["trajectory_sigmas"]
+            keep = sig <= 3.0  # the last part of the path, where data and noise scales meet
+            for k in range(xs.shape[1]):
+                ax.plot(xs[keep[: len(xs)], k, 0], xs[keep[: len(xs)], k, 1], lw=1)
+                ax.scatter(xs[-1, k, 0], xs[-1, k, 1], s=10, color="black", zorder=3)
+            ax.set_title(f"{p}: PF-ODE paths, sigma <= 3", fontsize=10)
+            ax.set_aspect("equal")
+        fig.suptitle(f"{ds}: reference trajectories (Heun, 64 steps)", fontsize=10)
+        path = out / f"trajectories_{ds}.png"
+        _save(fig, path)
+        written.append(path)
+    return written
+
+
+def _to_image(x: np.ndarray) -> np.ndarray:
+    img = np.clip((x + 1) / 2, 0, 1)
+    return img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
+
+
+def _tangent_strips(df, records, folder, out) -> list[Path]:
+    plt = _plt()
+    written = []
+    for ds in df.dataset.unique():
+        pairings = _two_pairings(df, ds)
+        arts = [(p, _pick(df, records, folder, ds, p, "trajectory_denoised")) for p in pairings]
+        arts = [(p, a) for p, a in arts if a is not None and a["trajectory_denoised"].ndim == 5]
+        if not arts:
+            continue
+        sig = arts[0][1]["trajectory_sigmas"]
+        idx = np.unique(np.linspace(0, len(sig) - 2, 10).round().astype(int))
+        fig, axes = plt.subplots(len(arts), len(idx), figsize=(1.3 * len(idx), 1.5 * len(arts)), squeeze=False)
+        for r, (p, a) in enumerate(arts):
+            den = a["trajectory_denoised"]
+            for c, i in enumerate(idx):
+                ax = axes[r][c]
+                ax.imshow(_to_image(den[i, 0]), cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"σ={sig[i]:.3g}", fontsize=7)
+            axes[r][0].set_ylabel(p, fontsize=9)
+        fig.suptitle(f"{ds}: denoiser output D(x_σ; σ) along one trajectory (same noise)", fontsize=9)
+        path = out / f"tangent_strip_{ds}.png"
+        _save(fig, path)
+        written.append(path)
+    return written
+
+
+def _sample_grids(df, records, folder, out) -> list[Path]:
+    plt = _plt()
+    written = []
+    for ds in df.dataset.unique():
+        for p in df[df.dataset == ds].pairing.unique():
+            a = _pick(df, records, folder, ds, p, "samples")
+            if a is None:
+                continue
+            s = a["samples"]
+            fig = plt.figure(figsize=(4, 4))
+            if s.ndim == 2 and s.shape[1] == 2:
+                ax = fig.add_subplot(111)
+                ax.scatter(s[:, 0], s[:, 1], s=4)
+                ax.set_aspect("equal")
+            elif s.ndim == 4:
+                n = int(np.floor(np.sqrt(len(s))))
+                tiles = [_to_image(x) for x in s[: n * n]]
+                rows = [np.concatenate(tiles[i * n:(i + 1) * n], axis=1) for i in range(n)]
+                ax = fig.add_subplot(111)
+                ax.imshow(np.concatenate(rows, axis=0), cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                plt.close(fig)
+                continue
+            fig.suptitle(f"{ds}: samples, pairing {p}", fontsize=9)
+            path = out / f"samples_{ds}_{p.replace(':', '_').replace('=', '-')}.png"
+            _save(fig, path)
+            written.append(path)
+    return written
+
+
+def report(folder: Path, out: Path | None = None) -> dict:
+    """Write tables and figures for the records under ``folder``; returns what was written."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"results folder not found: {folder}")
+    records_list = read_records(folder)
+    if not records_list:
+        raise UserError(f"no records in {folder} (expected {folder}/cells/*.json)")
+    out = Path(out) if out else folder
+    df = records_frame(records_list)
+    records = {r["cell_key"]: r for r in records_list}
+    tables = write_tables(df, out)
+    figures = (_lines_vs_nfe(tables["cells"], "fd", out, "fd_vs_nfe", "FD")
+               + _lines_vs_nfe(tables["cells"], "fid", out, "fid_vs_nfe", "FID")
+               + _lines_vs_nfe(tables["cells"], "trunc_err", out, "trunc_err_vs_nfe", "truncation error")
+               + _curvature_bars(tables["models"], out)
+               + _trajectories(df, records, folder, out)
+               + _tangent_strips(df, records, folder, out)
+               + _sample_grids(df, records, folder, out))
+    return {"tables": tables, "figures": figures, "out": out, "records": len(records_list)}

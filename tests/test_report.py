@@ -1,0 +1,73 @@
+"""`report` on a synthetic folder of records: the tables compute mean and sd right, the figures are written."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aotbench.config import CellConfig, resolve
+from aotbench.errors import UserError
+from aotbench.records import Workspace, write_record
+from aotbench.report import report
+from aotbench.storage import atomic_write_bytes
+from conftest import run_cli, tiny_train
+
+FD = {("none", 3): [10.0, 12.0, 14.0], ("none", 9): [4.0, 5.0, 6.0],
+      ("aot", 3): [6.0, 6.0, 9.0], ("aot", 9): [2.0, 3.0, 4.0]}
+CURV = {"none": [0.3, 0.5, 0.4], "aot": [0.1, 0.1, 0.4]}
+
+
+def synthetic(registry, root):
+    ws = Workspace(root)
+    for (pairing, steps), fds in FD.items():
+        for seed, fd in enumerate(fds):
+            train = tiny_train(registry, dataset="digits", network="unet:channels=8", pairing=pairing, seed=seed)
+            cell = CellConfig(train=train, sampler=resolve(registry, "sampler", "heun"),
+                              guidance=resolve(registry, "guidance", "none"), steps=steps, sample_seed=seed)
+            metrics = {"nfe": 2 * steps - 1, "fd": fd, "fd_extractor": "digits-cnn32-test", "w2": fd / 10,
+                       "curvature": CURV[pairing][seed], "trunc_err": 1.0 / steps + seed}
+            timings = {"train_seconds": 100.0 + seed, "pair_seconds": 10.0 if pairing == "aot" else 0.0,
+                       "pair_wait_seconds": 0.0, "sample_seconds": 1.0}
+            write_record(ws.record_path("exp", cell), "exp", cell, metrics, timings, {"device": "cpu"})
+            rng = np.random.default_rng(seed)
+            buf = io.BytesIO()
+            np.savez(buf, samples=rng.uniform(-1, 1, (16, 1, 8, 8)),
+                     trajectory_denoised=rng.uniform(-1, 1, (64, 2, 1, 8, 8)),
+                     trajectory_sigmas=np.linspace(80, 0, 65), trajectory_x=rng.normal(size=(65, 2, 1, 8, 8)))
+            atomic_write_bytes(ws.artifact_path("exp", cell), buf.getvalue())
+    return root / "exp"
+
+
+def test_report_tables_have_the_right_mean_and_sd(registry, tmp_path):
+    done = report(synthetic(registry, tmp_path))
+    cells = pd.read_csv(tmp_path / "exp" / "table.csv")
+    for (pairing, steps), fds in FD.items():
+        row = cells[(cells.pairing == pairing) & (cells.steps == steps)].iloc[0]
+        assert row.fd == pytest.approx(np.mean(fds)) and row.fd_sd == pytest.approx(np.std(fds, ddof=1))
+        assert row.nfe == 2 * steps - 1 and row.seeds == 3
+        assert row.trunc_err == pytest.approx(1.0 / steps + 1.0) and row.trunc_err_sd == pytest.approx(1.0)
+    models = pd.read_csv(tmp_path / "exp" / "models.csv")
+    for pairing, curv in CURV.items():
+        row = models[models.pairing == pairing].iloc[0]
+        assert row.curvature == pytest.approx(np.mean(curv)) and row.curvature_sd == pytest.approx(
+            np.std(curv, ddof=1))
+        assert row.seeds == 3  # one row per model, not per cell
+    assert models.set_index("pairing").pair_share["aot"] == pytest.approx(np.mean([10 / 100, 10 / 101, 10 / 102]))
+    md = (tmp_path / "exp" / "table.md").read_text()
+    assert "12 ± 2" in md and "digits-cnn32-test" in md
+    assert (tmp_path / "exp" / "table.tex").read_text().startswith("\\begin{tabular}")
+    names = {p.name for p in done["figures"]}
+    assert {"fd_vs_nfe_digits.png", "trunc_err_vs_nfe_digits.png", "curvature.png", "tangent_strip_digits.png",
+            "samples_digits_none.png", "samples_digits_aot.png"} <= names
+    for p in done["figures"]:
+        assert p.stat().st_size > 5000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_refuses_a_folder_without_records(tmp_path):
+    with pytest.raises(UserError, match="no records"):
+        report(tmp_path)
+    out = run_cli("report", str(tmp_path / "nope"))
+    assert out.returncode == 2 and "results folder not found" in out.stderr
