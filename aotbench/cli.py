@@ -120,6 +120,22 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _size_note(comp) -> str:
+    """" (55.7M params at 3x32x32)" for networks with a ``list_shape`` class attribute (built on the meta device)."""
+    shape = getattr(comp.obj, "list_shape", None)
+    if comp.kind != "network" or shape is None:
+        return ""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            net = comp.obj(tuple(shape), 0, **comp.params)
+    except Exception:  # a listing never fails on one plugin
+        return ""
+    n = sum(p.numel() for p in net.parameters())
+    return f" ({n / 1e6:.1f}M params at {'x'.join(map(str, shape))})"
+
+
 def cmd_list(args) -> int:
     from .plugins import KINDS, get_registry
 
@@ -127,7 +143,9 @@ def cmd_list(args) -> int:
     rows = []
     for comp in registry:
         params = ", ".join(f"{k}={v!r}" for k, v in comp.params.items()) or "-"
-        rows.append((comp.kind, comp.name + (" *" if comp.default else ""), params, comp.distribution, comp.summary))
+        size = _size_note(comp)
+        summary = comp.summary.rstrip(".") + size + "." if size else comp.summary
+        rows.append((comp.kind, comp.name + (" *" if comp.default else ""), params, comp.distribution, summary))
     if args.format == "json":
         import json
         print(json.dumps([dict(zip(("kind", "name", "params", "provided_by", "summary"), r)) for r in rows], indent=1))
@@ -188,6 +206,19 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import report
+
+    done = report(Path(args.folder), Path(args.out) if args.out else None)
+    out = done["out"]
+    print(f"{done['records']} record(s) -> {out}/table.md, table.csv, models.csv, table.tex")
+    for f in done["figures"]:
+        print(f"  {f}")
+    print()
+    print((out / "table.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aotbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grid_flags(p)
     _add_exec_flags(p)
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("report", help="tables (markdown, CSV, LaTeX) and figures from a folder of records")
+    p.add_argument("folder", help="an experiment folder, e.g. results/paper-cpu")
+    p.add_argument("--out", default=None, help="where to write (default: the folder itself)")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("bench", help="time pairings side by side, or training throughput per pairing")
     p.add_argument("what", choices=("pairing", "training"))
