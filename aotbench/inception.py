@@ -85,12 +85,40 @@ class Inception:
         return torch.from_numpy(arr.transpose(0, 3, 1, 2)).to(self.device)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, progress=None) -> np.ndarray:
+    def __call__(self, images: torch.Tensor, desc: str = "Inception features", progress: bool = False) -> np.ndarray:
+        from .progress import bar
+
         u8 = to_uint8(images)
         out = []
-        for i in range(0, u8.shape[0], self.batch):
-            x = self._resized(u8[i:i + self.batch])
-            out.append(self.model((x - 128) / 128).double().cpu().numpy())
-            if progress is not None:
-                progress(min(self.batch, u8.shape[0] - i))
+        with bar(total=u8.shape[0], desc=desc, disable=not progress, unit="img") as pb:
+            for i in range(0, u8.shape[0], self.batch):
+                x = self._resized(u8[i:i + self.batch])
+                out.append(self.model((x - 128) / 128).double().cpu().numpy())
+                pb.update(x.shape[0])
         return np.concatenate(out)
+
+
+def reference_npz(feats: np.ndarray, net: Inception, source: str) -> bytes:
+    """FID reference statistics as npz bytes: mu, sigma, n, and which Inception made them."""
+    import io
+
+    from .frechet import gaussian_stats
+
+    mu, sigma = gaussian_stats(feats)
+    buf = io.BytesIO()
+    np.savez(buf, mu=mu, sigma=sigma, n=len(feats), inception_sha256=net.sha256, source=source)
+    return buf.getvalue()
+
+
+def load_reference(path, net: Inception) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of a reference npz, refusing one made by another Inception (its FIDs would not compare)."""
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            mu, sigma = d["mu"], d["sigma"]
+            sha = str(d["inception_sha256"]) if "inception_sha256" in d.files else None
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"cannot read FID reference statistics {path}: {err}") from None
+    if sha is not None and sha != net.sha256:
+        raise ValueError(f"FID reference {path} was computed with another Inception (sha256 {sha[:12]}, this one "
+                         f"{net.sha256[:12]})")
+    return mu, sigma
