@@ -107,6 +107,10 @@ def validate(registry: Registry, cells: list[CellConfig]) -> None:
     for cell in cells:
         t = cell.train
         splits = load_splits(registry, t.dataset)
+        if t.augment_p > 0 and not t.network.kwargs.get("augment_dim"):
+            raise UserError(f"augment_p={t.augment_p} needs a network conditioned on the augmentation labels (e.g. "
+                            f"{t.network.name}:augment_dim=9); without them the model learns the augmented "
+                            f"distribution (EDM's augmentation is non-leaking only with the labels)")
         if (t.dataset, t.network, t.conditional) not in checked_models:
             build_model(registry, t, splits)  # wrong shapes, missing labels
             checked_models.add((t.dataset, t.network, t.conditional))

@@ -71,7 +71,7 @@ class Inception:
             import warnings
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                self._model = torch.jit.load(str(self.path), map_location=self.device).eval()
+                self._model = torch.jit.load(str(self.path), map_location=self.device).float().eval()
         return self._model
 
     def _resized(self, u8: torch.Tensor) -> torch.Tensor:

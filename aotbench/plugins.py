@@ -84,6 +84,8 @@ class Component:
                     raise UserError(f"{self.kind} '{self.name}': {key} must be {type(default).__name__}, got {value!r}")
             elif isinstance(default, float) and isinstance(value, int):
                 value = float(value)
+            elif isinstance(default, str) and isinstance(value, (int, float)):
+                value = str(value)  # "attn_resolutions=16" parses as a number; the parameter is text
             elif default is not None and not isinstance(value, type(default)):
                 if not (isinstance(default, int) and isinstance(value, float) and value.is_integer()):
                     raise UserError(

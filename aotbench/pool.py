@@ -96,10 +96,14 @@ class PoolSource(Dataset):
         return Pool(k, index, y, labels, noise, perm, augment_labels, seconds)
 
 
-def _worker_init(threads: int):
-    def init(_worker_id):
-        torch.set_num_threads(threads)
-    return init
+class _WorkerInit:
+    """Sets the pairing worker's torch threads (a class, not a closure, so that spawned workers can unpickle it)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __call__(self, _worker_id):
+        torch.set_num_threads(self.threads)
 
 
 def iter_pools(source: PoolSource, first: int, last: int, workers: int = 1, threads: int = 1,
@@ -112,5 +116,5 @@ def iter_pools(source: PoolSource, first: int, last: int, workers: int = 1, thre
             yield source[k]
         return
     loader = DataLoader(source, batch_size=None, sampler=range(first, last), num_workers=workers,
-                        prefetch_factor=2, worker_init_fn=_worker_init(threads), multiprocessing_context=context)
+                        prefetch_factor=2, worker_init_fn=_WorkerInit(threads), multiprocessing_context=context)
     yield from loader

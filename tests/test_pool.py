@@ -62,6 +62,16 @@ def test_background_pairing_yields_exactly_the_synchronous_pools(registry):
         assert torch.equal(a.index, b.index) and torch.equal(a.noise, b.noise) and torch.equal(a.perm, b.perm)
 
 
+def test_a_spawned_multithreaded_worker_yields_the_same_pools(registry):
+    """Several pairing threads use a spawned worker (a forked one can hang on the parent's OpenMP pool)."""
+    pairing = registry.get("pairing", "aot").build()
+    src = PoolSource(torch.randn(200, 2), None, 64, 3, 0, pairing, "aot")
+    torch.set_num_threads(2)
+    sync = list(iter_pools(src, 0, 3, workers=0))
+    spawned = list(iter_pools(src, 0, 3, workers=1, threads=2, context="spawn"))
+    assert all(torch.equal(a.perm, b.perm) and torch.equal(a.noise, b.noise) for a, b in zip(sync, spawned))
+
+
 def test_engine_calls_the_pairing_once_per_pool(registry, tmp_path):
     reg = with_components(registry, Component("pairing", "reverse", Reverse, "test", "tests"))
     Reverse.calls = []

@@ -27,14 +27,14 @@ class _ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net with `channel_mult` levels (comma list), `blocks` residual blocks per level, 2x down/up-sampling."""
+    """U-Net with `channel_mult` levels ("1,2" or "1-2"), `blocks` residual blocks per level, 2x resampling."""
 
     def __init__(self, shape, num_classes=0, *, channels: int = 32, channel_mult: str = "1,2", blocks: int = 1,
                  dropout: float = 0.0, augment_dim: int = 0):
         super().__init__()
         if len(shape) != 3:
             raise ValueError(f"unet needs images [C, H, W], got per-sample shape {tuple(shape)}")
-        mult = [int(m) for m in str(channel_mult).split(",")]
+        mult = [int(m) for m in str(channel_mult).replace("-", ",").split(",") if m.strip()]
         c, h, w = shape
         f = 2 ** (len(mult) - 1)
         if h % f or w % f:
