@@ -56,9 +56,13 @@ class TrainOptions:
     log_every: int = 50
     #: called after every optimizer step as on_step(step, loss); raising from it stops training (tests use this)
     on_step: Callable[[int, float], None] | None = None
-    #: distributed: this process's rank and the world size (1 = simulate all cfg.ranks in this process)
+    #: distributed: this process's rank and the world size (1 = simulate all cfg.ranks in this process); with
+    #: world_size > 1 the process group must be initialized (:func:`aotbench.distributed.init`)
     world_rank: int = 0
     world_size: int = 1
+    #: with handle_signals: the signals that stop training after a checkpoint (None = SIGTERM and SIGUSR2). A
+    #: submitit job passes only its preemption signal (USR2) and leaves SIGTERM to submitit, which ignores it.
+    stop_signals: tuple | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -115,11 +119,11 @@ def read_model_checkpoint(path: Path, cfg: TrainConfig) -> dict:
 class _StopFlag:
     """SIGTERM/SIGUSR2 -> finish the current step, checkpoint, stop (installed only in the main thread)."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, signals: tuple | None = None):
         self.signum = None
         self._old = {}
         if enabled and threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGUSR2):
+            for s in signals or (signal.SIGTERM, signal.SIGUSR2):
                 self._old[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum, _frame):
@@ -170,12 +174,15 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
         workers = 1 if device.type == "cuda" or (os.cpu_count() or 1) > torch.get_num_threads() else 0
     b, spp = cfg.rank_batch, cfg.steps_per_pool
     first_pool, last_pool = step // spp, math.ceil(cfg.steps / spp)
-    streams = {r: iter_pools(sources[r], first_pool, last_pool, workers, opts.pair_threads)
+    # A forked worker must not start an OpenMP pool its parent already started (libgomp hangs), nor touch CUDA:
+    # more than one pairing thread, or a CUDA trainer, gets a spawned worker instead.
+    context = "spawn" if opts.pair_threads > 1 or device.type == "cuda" else None
+    streams = {r: iter_pools(sources[r], first_pool, last_pool, workers, opts.pair_threads, context)
                for r in my_ranks}
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
-    stop = _StopFlag(opts.handle_signals)
+    stop = _StopFlag(opts.handle_signals, opts.stop_signals)
     pools, sigmas = {}, {}
     running, n_running = 0.0, 0
     t_start = time.perf_counter()
@@ -216,6 +223,8 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
                             loss = edm.edm_loss(wrapped, *args).mean() / (cfg.grad_accum * len(my_ranks))
                         scaler.scale(loss).backward()
                         step_loss += float(loss.detach())
+                if distributed:
+                    step_loss, agreed_signal = _agree(step_loss, stop, opts.world_size, device)
                 if not math.isfinite(step_loss):
                     raise UserError(f"training loss became {step_loss} at step {step} (lr {cfg.lr}); the last "
                                     f"checkpoint at {path} is kept; lower the lr or check the data")
@@ -236,21 +245,37 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
                 if opts.on_step is not None:
                     opts.on_step(step, step_loss)
                 leader = opts.world_rank == 0
-                if stop.signum is not None or step % opts.ckpt_every == 0 or step == cfg.steps:
+                # DDP: act only on the signal every rank agreed on in this step (one that arrives later on one
+                # rank is agreed on in the next step), so all ranks checkpoint and stop together
+                signum = agreed_signal if distributed else stop.signum
+                if signum is not None or step % opts.ckpt_every == 0 or step == cfg.steps:
                     timing["train_seconds"] += time.perf_counter() - t_start
                     t_start = time.perf_counter()
                     if leader:
                         _checkpoint(path, cfg, step, model, ema, opt, timing, history)
                     if distributed:
                         torch.distributed.barrier()
-                    if stop.signum is not None:
-                        raise Interrupted(f"training stopped by signal {stop.signum} at step {step}/{cfg.steps}; "
+                    if signum is not None:
+                        raise Interrupted(f"training stopped by signal {signum} at step {step}/{cfg.steps}; "
                                           f"checkpoint written to {path}; rerun to resume")
     finally:
         stop.restore()
         for s in streams.values():
             s.close()
     return load_checkpoint(path, CKPT_FORMAT)
+
+
+def _agree(step_loss: float, stop: _StopFlag, world_size: int, device: torch.device) -> tuple[float, int | None]:
+    """DDP, once per step: the mean loss over ranks (what the single-process simulation reports, so a NaN stops
+    every rank at once) and the largest stop signal any rank has seen so far (None if none), the same on every
+    rank, so that all ranks checkpoint and stop at the same step instead of deadlocking in a collective."""
+    import torch.distributed as dist
+
+    loss = torch.tensor([step_loss], dtype=torch.float64, device=device)
+    sig = torch.tensor([stop.signum or 0], dtype=torch.int64, device=device)
+    dist.all_reduce(loss, op=dist.ReduceOp.SUM)
+    dist.all_reduce(sig, op=dist.ReduceOp.MAX)
+    return loss.item() / world_size, int(sig.item()) or None
 
 
 def load_ema(registry: Registry, cfg: TrainConfig, ckpt: dict, device="cpu") -> edm.Precond:

@@ -21,6 +21,8 @@
 #   - no service starts on install (no systemd; policy-rc.d): every daemon is started directly and writes a pid file;
 #   - cgroups: proctrack/linuxproc, task/none, jobacct_gather/none;
 #   - the node line comes verbatim from `slurmd -C`; the hostname must resolve (an /etc/hosts line is added if not);
+#   - a requeued job waits AuthInfo=cred_expire seconds (default 120) and the main scheduler runs every 60 s by
+#     default: both are shortened so that a preempted job restarts within seconds;
 #   - a job whose dependency failed stays PENDING forever unless DependencyParameters=kill_invalid_depend;
 #   - slurmdbd.conf holds a password and must be mode 0600;
 #   - stopped daemons may linger as zombies (PID 1 does not reap them): a zombie counts as not running.
@@ -102,6 +104,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 DependencyParameters=kill_invalid_depend
+SchedulerParameters=sched_interval=2,bf_interval=2
 JobAcctGatherType=jobacct_gather/none
 $acct
 MpiDefault=none
@@ -110,6 +113,8 @@ ReturnToService=2
 $nodeline NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+  CONF_CHANGED=0
+  cmp -s /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf 2>/dev/null || CONF_CHANGED=1
   mv /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf
 }
 
@@ -161,7 +166,11 @@ cmd_start() {
   write_configs
   start_munge
   start_accounting
-  if alive "$RUN/slurmctld.pid" slurmctld; then scontrol reconfigure >/dev/null 2>&1 || true; else slurmctld; fi
+  if [ "$CONF_CHANGED" = 1 ]; then  # some settings (AuthInfo, node lines) need a restart, not a reconfigure
+    stop_pid "$RUN/slurmd.pid" slurmd
+    stop_pid "$RUN/slurmctld.pid" slurmctld
+  fi
+  alive "$RUN/slurmctld.pid" slurmctld || slurmctld
   alive "$RUN/slurmd.pid" slurmd || slurmd -N "$NODE"
   wait_for 60 node_ready
   # a node left DOWN/DRAINED by an earlier unclean stop takes no jobs: resume it
