@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from .config import CellConfig, Choice, TrainConfig, resolve
+from .config import CellConfig, TrainConfig, resolve
 from .errors import UserError
 from .plugins import Registry
 
@@ -133,13 +133,3 @@ def validate(registry: Registry, cells: list[CellConfig]) -> None:
             if not 0 <= cell.label < splits.num_classes:
                 raise UserError(f"class label {cell.label} is outside dataset '{t.dataset.name}' "
                                 f"(labels 0..{splits.num_classes - 1})")
-
-
-def describe(cell: CellConfig) -> dict:
-    """Flat, human-sized description of a cell (for progress lines and dry runs)."""
-    t = cell.train
-    return {"dataset": t.dataset.name, "pairing": t.pairing.name, "seed": t.seed, "sampler": cell.sampler.name,
-            "guidance": cell.guidance.name, "steps": cell.steps, "rho": cell.rho}
-
-
-__all__ = ["expand", "validate", "AXES", "Choice"]

@@ -58,7 +58,7 @@ class Inception:
 
     def __init__(self, weights: str | None = None, device="cpu", batch: int = 64, resize: str = "clean"):
         if resize not in ("clean", "torch"):
-            raise ValueError(f"resize must be 'clean' (clean-fid's PIL bicubic) or 'torch' (fast, on device)")
+            raise ValueError("resize must be 'clean' (clean-fid's PIL bicubic) or 'torch' (fast, on device)")
         self.path = find_weights(weights)
         self.sha256 = sha256_file(self.path)
         self.name = f"inception-{self.sha256[:12]}" + ("" if resize == "clean" else "-torchresize")

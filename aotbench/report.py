@@ -189,14 +189,18 @@ def _two_pairings(df: pd.DataFrame, dataset: str) -> list[str]:
     return ordered[:2]
 
 
+def _side_by_side(df, records, folder, dataset: str, key: str, ndim: int) -> list[tuple[str, dict]]:
+    """(pairing, artifacts) of the two pairings to compare, where artifact ``key`` exists with ``ndim`` axes."""
+    arts = [(p, _pick(df, records, folder, dataset, p, key)) for p in _two_pairings(df, dataset)]
+    return [(p, a) for p, a in arts if a is not None and a[key].ndim == ndim]
+
+
 def _trajectories(df, records, folder, out) -> list[Path]:
     plt = _plt()
     written = []
     for ds in df.dataset.unique():
-        pairings = _two_pairings(df, ds)
-        arts = [(p, _pick(df, records, folder, ds, p, "trajectory_x")) for p in pairings]
-        arts = [(p, a) for p, a in arts if a is not None]
-        if not arts or arts[0][1]["trajectory_x"].ndim != 3 or arts[0][1]["trajectory_x"].shape[-1] != 2:
+        arts = _side_by_side(df, records, folder, ds, "trajectory_x", 3)
+        if not arts or arts[0][1]["trajectory_x"].shape[-1] != 2:
             continue
         fig, axes = plt.subplots(1, len(arts), figsize=(4.2 * len(arts), 4.2), squeeze=False)
         for ax, (p, a) in zip(axes[0], arts):
@@ -223,9 +227,7 @@ def _tangent_strips(df, records, folder, out) -> list[Path]:
     plt = _plt()
     written = []
     for ds in df.dataset.unique():
-        pairings = _two_pairings(df, ds)
-        arts = [(p, _pick(df, records, folder, ds, p, "trajectory_denoised")) for p in pairings]
-        arts = [(p, a) for p, a in arts if a is not None and a["trajectory_denoised"].ndim == 5]
+        arts = _side_by_side(df, records, folder, ds, "trajectory_denoised", 5)
         if not arts:
             continue
         sig = arts[0][1]["trajectory_sigmas"]

@@ -20,7 +20,8 @@ Spec format (TOML)
     experiment = "example"        # records go to RESULTS/EXPERIMENT/cells (default: the spec's file name)
     results = "results"           # the results folder (default "results", relative to the current directory)
 
-    [grid]                        # the axes of `run`; each takes a value or a list (a "a,b" string works too)
+    [grid]                        # the axes of `run`; each takes a value or a list (a "a,b" string works too);
+                                  # several [[grid]] tables instead: the union of their cells
     dataset = "moons"
     network = "mlp:width=32:depth=1"
     pairing = ["none", "aot"]
@@ -136,7 +137,7 @@ _OPTIONS = {"device": str, "ckpt_every": int, "eval_batch": int, "pair_workers":
 _MINIMUM = {"gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 0.001, "time_min": 1, "array_parallelism": 1,
             "signal_delay_s": 0, "cells_per_job": 1, "ckpt_every": 1, "eval_batch": 1, "pair_workers": 0,
             "pair_threads": 1, "threads": 1, "max_requeue": 0}
-_TOP = {"experiment": str, "results": str, "grid": dict, "resources": dict, "options": dict}
+_TOP = {"experiment": str, "results": str, "grid": (dict, list), "resources": dict, "options": dict}
 
 #: SLURM states of a job that may still run
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
@@ -167,13 +168,17 @@ class Spec:
     path: Path
     experiment: str
     results: Path
-    grid: dict
+    grids: tuple[dict, ...]
     train: Resources
     eval: Resources
     options: dict
 
 
 def _check_value(where: str, key: str, typ, value):
+    if isinstance(typ, tuple):  # one of several shapes ([grid] or [[grid]])
+        if not isinstance(value, typ):
+            raise UserError(f"{where}{key} must be a table or a list of tables, got {value!r}")
+        return value
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, typ) or (typ in (int, float) and isinstance(value, bool)):
@@ -215,10 +220,14 @@ def load_spec(path: str | Path, *, results: str | None = None, experiment: str |
     if "grid" not in raw:
         raise UserError(f"sweep spec {path} has no [grid] table (the axes of `run`)")
     from .grid import AXES
-    unknown = sorted(set(raw["grid"]) - AXES)
-    if unknown:
-        raise UserError(f"unknown grid axis {', '.join(repr(a) for a in unknown)} in [grid] of {path} "
-                        f"(axes: {', '.join(sorted(AXES))})")
+    grids = raw["grid"] if isinstance(raw["grid"], list) else [raw["grid"]]
+    for grid in grids:
+        if not isinstance(grid, dict):
+            raise UserError(f"[[grid]] entries of {path} must be tables, got {grid!r}")
+        unknown = sorted(set(grid) - AXES)
+        if unknown:
+            raise UserError(f"unknown grid axis {', '.join(repr(a) for a in unknown)} in [grid] of {path} "
+                            f"(axes: {', '.join(sorted(AXES))})")
     res = dict(raw.get("resources", {}))
     stages = {s: res.pop(s, {}) for s in ("train", "eval")}
     common = _check_table("resources", res, _COMMON)
@@ -240,7 +249,7 @@ def load_spec(path: str | Path, *, results: str | None = None, experiment: str |
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise UserError(f"experiment name {name!r} must be letters, digits, '.', '_' or '-'")
     return Spec(path=path, experiment=name, results=Path(results or raw.get("results") or "results").absolute(),
-                grid=dict(raw["grid"]), train=merged["train"], eval=merged["eval"], options=options)
+                grids=tuple(dict(g) for g in grids), train=merged["train"], eval=merged["eval"], options=options)
 
 
 # ------------------------------------------------------------------------------------------------- the job functions
@@ -566,10 +575,14 @@ def make_plan(registry, spec: Spec, launcher: str, *, force: bool = False) -> Pl
 
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r} (launchers: {', '.join(LAUNCHERS)})")
-    try:
-        cells = expand(registry, spec.grid)
-    except UserError as err:
-        raise UserError(f"[grid] of {spec.path}: {err}") from None
+    cells = []
+    for i, grid in enumerate(spec.grids):
+        try:
+            cells += expand(registry, grid)
+        except UserError as err:
+            where = "[grid]" if len(spec.grids) == 1 else f"[[grid]] #{i + 1}"
+            raise UserError(f"{where} of {spec.path}: {err}") from None
+    cells = list({c.key: c for c in cells}.values())  # grids may overlap: each cell once
     if launcher != "debug":
         for stage, res in (("train", spec.train), ("eval", spec.eval)):
             delay = res.signal_delay_s if res.signal_delay_s is not None else (90 if launcher == "slurm" else 30)
@@ -577,6 +590,15 @@ def make_plan(registry, spec: Spec, launcher: str, *, force: bool = False) -> Pl
                 raise UserError(f"resources.{stage}: time_min={res.time_min} leaves no time before the preemption "
                                 f"signal, sent signal_delay_s={delay} s before the limit; raise time_min or lower "
                                 f"signal_delay_s")
+    if launcher != "slurm":  # this machine runs the jobs: it must have the GPUs they ask for
+        import torch
+
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for stage, res in (("train", spec.train), ("eval", spec.eval)):
+            if res.gpus_per_node > have:
+                raise UserError(f"impossible {stage} resources: {res.gpus_per_node} GPU(s) per job requested but "
+                                f"this machine has {have} (launcher {launcher}); use --launcher slurm, or lower "
+                                f"gpus_per_node")
     ws = Workspace(spec.results)
     jobs_dir = spec.results / spec.experiment / "jobs"
     done = [c for c in cells if ws.record_path(spec.experiment, c).exists()]

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -63,7 +63,6 @@ class TrainOptions:
     #: with handle_signals: the signals that stop training after a checkpoint (None = SIGTERM and SIGUSR2). A
     #: submitit job passes only its preemption signal (USR2) and leaves SIGTERM to submitit, which ignores it.
     stop_signals: tuple | None = None
-    extra: dict = field(default_factory=dict)
 
 
 _SPLITS: dict[tuple, Splits] = {}

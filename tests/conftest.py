@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aotbench.config import Choice, TrainConfig, resolve
+from aotbench.config import TrainConfig, resolve
 from aotbench.plugins import Component, Registry, get_registry
 
 REPO = Path(__file__).resolve().parents[1]

@@ -47,7 +47,7 @@ def test_aot_is_optimal_against_brute_force(registry, cost, n):
 
 
 @pytest.mark.parametrize("cost", ["l2", "sqeuclidean"])
-@pytest.mark.parametrize("solver", ["lapjv", "lap", "scipy"])
+@pytest.mark.parametrize("solver", ["lapjv", "lap", "scipy", "emd"])
 def test_aot_matches_scipy_total_cost_at_256(registry, cost, solver):
     data, noise, _ = make_pool(256, shape=(3, 8, 8), seed=1)
     perm = pairing(registry, "aot", cost=cost, solver=solver).pair(data, noise)
@@ -174,8 +174,9 @@ def test_missing_solver_falls_back_with_one_notice(registry, monkeypatch, capsys
 
 @pytest.mark.parametrize("n", [1, 2, 33, 700])
 @pytest.mark.parametrize("cost", ["l2", "sqeuclidean"])
-def test_fast_aot_equals_scipy_at_several_sizes(registry, n, cost):
-    data, noise, _ = make_pool(n, shape=(48,), seed=n)
+@pytest.mark.parametrize("dim", [2, 48])  # auto: network simplex in 2-D, JV above
+def test_fast_aot_equals_scipy_at_several_sizes(registry, n, cost, dim):
+    data, noise, _ = make_pool(n, shape=(dim,), seed=n)
     fast = pairing(registry, "aot", cost=cost, chunk=64).pair(data, noise)
     assert total_cost(data, noise, fast, cost) == pytest.approx(scipy_optimum(data, noise, cost), rel=1e-7)
 
@@ -188,3 +189,10 @@ def test_a_pool_over_the_memory_budget_is_refused_before_training(tmp_path):
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "pool of 1024" in out.stderr and "max_memory_gb" in out.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_auto_picks_the_network_simplex_only_for_very_low_dimensional_pools():
+    from aotbench_plugins.pairings.aot import pick_solver
+
+    assert pick_solver("auto", 2)[0] == "emd"
+    assert pick_solver("auto", 64)[0] in ("lapjv", "lap")

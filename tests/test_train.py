@@ -15,7 +15,7 @@ import torch
 from aotbench.errors import UserError
 from aotbench.plugins import Component
 from aotbench.train import TrainOptions, read_model_checkpoint, train_model
-from conftest import REPO, state_equal, tiny_train, with_components
+from conftest import state_equal, tiny_train, with_components
 
 
 def opts(**kw):

@@ -2,8 +2,19 @@
 
 The paper builds the cost with ``torch.cdist`` (plain L2) and solves it with scipy's ``linear_sum_assignment``.
 This plugin returns a permutation of the same optimal total cost, faster: the cost is one float32 matrix product
-(in row chunks, on any device), and the assignment is solved by the fastest exact Jonker-Volgenant solver installed
-(``lapjv``, then ``lap``; scipy is the fallback).
+(in row chunks, on any device), and the assignment is solved by the fastest exact solver for the problem.
+
+``solver="auto"`` chooses by measurement (this project's 2-core CPU, l2 cost, uniform data against Gaussian noise):
+
+    pool 2048, seconds    d=2    d=4    d=8    d=64   d=3072
+    lapjv                 1.67   0.35   0.11   0.09   0.09
+    lap                   5.04   1.44   0.31   0.19   0.14
+    scipy                 3.06   2.28   1.54   1.18   ~1.5
+    emd (POT simplex)     0.51   0.76   0.91   0.97   0.93
+
+Jonker-Volgenant solvers slow down sharply on very low-dimensional (2-D) costs, where POT's network simplex wins;
+from d = 4 up, lapjv wins by 10x or more. So auto takes ``emd`` for d <= 3 and otherwise the fastest installed JV
+solver: ``lapjv``, then ``lap``, then scipy (always installed). All of them are exact: the same optimal total cost.
 """
 
 from __future__ import annotations
@@ -16,7 +27,9 @@ import torch
 from aotbench import hookimpl
 from aotbench.assignment import check_cost, cost_matrix, per_class
 
-SOLVERS = ("auto", "lapjv", "lap", "scipy")
+SOLVERS = ("auto", "lapjv", "lap", "scipy", "emd")
+#: up to this data dimension, auto uses POT's network simplex (see the module docstring)
+EMD_MAX_DIM = 3
 _NOTICED: set[str] = set()
 
 
@@ -38,7 +51,13 @@ def _solve_scipy(c: np.ndarray) -> np.ndarray:
     return out
 
 
-_BACKENDS = {"lapjv": ("lapjv", _solve_lapjv), "lap": ("lap", _solve_lap), "scipy": ("scipy", _solve_scipy)}
+def _solve_emd(c: np.ndarray) -> np.ndarray:
+    from aotbench_plugins.pairings.pot_exact import emd_permutation
+    return emd_permutation(c)
+
+
+_BACKENDS = {"lapjv": ("lapjv", _solve_lapjv), "lap": ("lap", _solve_lap), "scipy": ("scipy", _solve_scipy),
+             "emd": ("ot", _solve_emd)}
 
 
 def _installed(module: str) -> bool:
@@ -46,9 +65,11 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def pick_solver(requested: str):
+def pick_solver(requested: str, dim: int | None = None):
     """(name, function) of the solver to use; a requested backend that is missing falls back with one notice."""
     order = ["lapjv", "lap", "scipy"]
+    if requested == "auto" and dim is not None and dim <= EMD_MAX_DIM and _installed("ot"):
+        return "emd", _solve_emd
     if requested != "auto":
         if _installed(_BACKENDS[requested][0]):
             return requested, _BACKENDS[requested][1]
@@ -62,14 +83,14 @@ def pick_solver(requested: str):
     raise RuntimeError("no LAP solver installed (scipy is required)")  # pragma: no cover
 
 
-def assignment(c: torch.Tensor | np.ndarray, solver: str = "auto") -> np.ndarray:
-    """Column index for each row minimizing sum_i C[i, col[i]] (exact)."""
+def assignment(c: torch.Tensor | np.ndarray, solver: str = "auto", dim: int | None = None) -> np.ndarray:
+    """Column index for each row minimizing sum_i C[i, col[i]] (exact); ``dim`` (of the data) guides ``auto``."""
     c = np.ascontiguousarray(c.numpy() if isinstance(c, torch.Tensor) else c)
-    return pick_solver(solver)[1](c)
+    return pick_solver(solver, dim)[1](c)
 
 
 class AOT:
-    """Exact linear assignment (Hungarian/JV) of noise to data over the pool; `cost` l2 is the paper's."""
+    """Exact linear assignment of noise to data over the pool (JV or network simplex); `cost` l2 is the paper's."""
 
     def __init__(self, *, cost: str = "l2", per_class: bool = True, solver: str = "auto", chunk: int = 4096,
                  device: str = "cpu", max_memory_gb: float = 16.0):
@@ -94,7 +115,7 @@ class AOT:
     def pair(self, data, noise, labels=None):
         def solve(idx):
             c = cost_matrix(data[idx], noise[idx], self.cost, self.chunk, self.device, self.max_bytes)
-            return torch.from_numpy(assignment(c, self.solver))
+            return torch.from_numpy(assignment(c, self.solver, data[0].numel()))
         return per_class(labels if self.per_class else None, data.shape[0], solve)
 
 

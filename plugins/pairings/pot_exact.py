@@ -17,6 +17,32 @@ from aotbench import hookimpl
 from aotbench.assignment import check_cost, cost_matrix, per_class
 
 
+def emd_permutation(c: np.ndarray, num_iter_max: int = 100_000, max_iter_cap: int = 100_000_000) -> np.ndarray:
+    """The optimal permutation for a square cost matrix by POT's network simplex, run to optimality.
+
+    The iteration cap is raised tenfold until POT reports an optimal plan; past ``max_iter_cap`` it raises.
+    """
+    import ot
+
+    n = c.shape[0]
+    w = np.full(n, 1.0 / n)
+    cap = num_iter_max
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # POT warns on the cap; we check result_code instead
+            plan, log = ot.emd(w, w, np.asarray(c, dtype=np.float64), numItermax=cap, log=True)
+        if log["result_code"] == 1:
+            break
+        if cap >= max_iter_cap:
+            raise RuntimeError(f"ot.emd did not reach optimality within {cap} iterations (POT says: "
+                               f"{log['warning']}); raise max_iter_cap or use 'aot'")
+        cap = min(cap * 10, max_iter_cap)
+    perm = plan.argmax(1)
+    if len(np.unique(perm)) != n:
+        raise RuntimeError("the optimal plan is not a permutation matrix (degenerate marginals)")
+    return perm
+
+
 class POTExact:
     """POT ot.emd plan as a permutation; the iteration cap is raised until the plan is optimal."""
 
@@ -28,31 +54,13 @@ class POTExact:
         self.cost, self.per_class = cost, per_class
         self.num_iter_max, self.max_iter_cap = num_iter_max, max_iter_cap
 
-    def _solve(self, c: np.ndarray) -> np.ndarray:
-        import ot
-
-        n = c.shape[0]
-        w = np.full(n, 1.0 / n)
-        cap = self.num_iter_max
-        while True:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # POT warns on the cap; we check result_code instead
-                plan, log = ot.emd(w, w, c, numItermax=cap, log=True)
-            if log["result_code"] == 1:
-                break
-            if cap >= self.max_iter_cap:
-                raise RuntimeError(f"pot-exact: ot.emd did not reach optimality within {cap} iterations "
-                                   f"(POT says: {log['warning']}); raise max_iter_cap or use 'aot'")
-            cap = min(cap * 10, self.max_iter_cap)
-        perm = plan.argmax(1)
-        if len(np.unique(perm)) != n:
-            raise RuntimeError("pot-exact: the optimal plan is not a permutation matrix (degenerate marginals)")
-        return perm
-
     def pair(self, data, noise, labels=None):
         def solve(idx):
             c = cost_matrix(data[idx], noise[idx], self.cost).double().numpy()
-            return torch.from_numpy(self._solve(c))
+            try:
+                return torch.from_numpy(emd_permutation(c, self.num_iter_max, self.max_iter_cap))
+            except RuntimeError as err:
+                raise RuntimeError(f"pot-exact: {err}") from None
         return per_class(labels if self.per_class else None, data.shape[0], solve)
 
 
