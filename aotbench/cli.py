@@ -109,7 +109,7 @@ def cmd_run(args) -> int:
     print(f"aotbench run: {len(cells)} cell(s), {n_models} model(s), device {opts.device}", file=sys.stderr)
     records, todo = run_cells(registry, cells, Path(args.results), args.experiment, opts,
                               log=lambda m: print(m, file=sys.stderr))
-    df = records_frame(records)
+    df = records_frame(records, registry)
     print(display_table(df).to_markdown(index=False))
     where = Path(args.results) / args.experiment / "cells"
     print(f"\n{len(records)} record(s) in {where} ({todo} evaluated now, {len(records) - todo} already there); "

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .plugins import get_registry
 from .records import read_records
 from .storage import atomic_write_bytes, atomic_write_text
 from .tables import records_frame, summarize
@@ -34,25 +35,41 @@ def _pm(mean, sd, n, digits=4) -> str:
     if mean is None or (isinstance(mean, float) and np.isnan(mean)):
         return "–"
     text = f"{mean:.{digits}g}"
-    return text if n <= 1 else f"{text} ± {sd:.2g}"
+    return text if n <= 1 or sd == 0 else f"{text} ± {sd:.2g}"
+
+
+def pairing_order(df: pd.DataFrame) -> dict[str, int]:
+    """Pairings in order of their pairing cost (cheapest, i.e. the independent baseline, first), then name."""
+    cost = df.groupby("pairing")["pair_seconds"].mean() if "pair_seconds" in df else pd.Series(dtype=float)
+    names = sorted(df["pairing"].unique(), key=lambda p: (cost.get(p, 0.0), p))
+    return {p: i for i, p in enumerate(names)}
 
 
 def model_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per model configuration (seeds pooled): curvature and training time with its pairing share."""
-    per_model = df.drop_duplicates("train_key").copy()
+    """Per model configuration (seeds pooled): curvature and training time with its pairing share.
+
+    Curvature belongs to the ODE that was solved, and guidance changes it, so a model's curvature is read from its
+    unguided cells (from a guided one only where it has none)."""
+    guided = df["guidance"] != "none" if "guidance" in df else pd.Series(False, index=df.index)
+    per_model = df.assign(_g=guided).sort_values("_g", kind="stable").drop_duplicates("train_key")
+    per_model = per_model.drop(columns="_g").copy()
     per_model["pair_share"] = per_model["pair_seconds"] / per_model["train_seconds"]
     metrics = [m for m in ("curvature", "train_seconds", "pair_seconds", "pair_share") if m in per_model]
-    return summarize(per_model, metrics, by=[c for c in MODEL_BY if c in per_model])
+    out = summarize(per_model, metrics, by=[c for c in MODEL_BY if c in per_model])
+    out["_p"] = out["pairing"].map(pairing_order(df))
+    keys = [c for c in ("dataset", "conditional") if c in out] + ["_p"]
+    return out.sort_values(keys, kind="stable").drop(columns="_p").reset_index(drop=True)
 
 
 def cell_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per cell configuration (seeds pooled), ordered so that pairings sit next to each other at equal NFE."""
     metrics = [m for m in CELL_METRICS if m in df.columns and df[m].notna().any()]
     out = summarize(df, metrics, by=[c for c in CELL_BY if c in df.columns])
-    order = {p: i for i, p in enumerate(dict.fromkeys(df["pairing"]))}
-    out["_p"] = out["pairing"].map(order)
-    keys = [c for c in ("dataset", "conditional", "guidance", "sampler", "rho", "steps") if c in out] + ["_p"]
-    return out.sort_values(keys, kind="stable").drop(columns="_p").reset_index(drop=True)
+    out["_p"] = out["pairing"].map(pairing_order(df))
+    if "guidance" in out:  # unguided rows first, then each guidance by name
+        out["_g"] = out["guidance"].map(lambda g: (g != "none", g))
+    keys = [c for c in ("dataset", "conditional", "_g", "sampler", "rho", "steps") if c in out] + ["_p"]
+    return out.sort_values(keys, kind="stable").drop(columns=["_p", "_g"], errors="ignore").reset_index(drop=True)
 
 
 def _display(summary: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -73,7 +90,7 @@ def write_tables(df: pd.DataFrame, out: Path) -> dict[str, pd.DataFrame]:
     md = ["# Results", "", f"{df['train_key'].nunique()} model(s), {len(df)} cell record(s); mean ± sd over seeds.",
           ""]
     for ds in cells["dataset"].unique():
-        md += [f"## {ds}", "", "### Models: ODE curvature and training cost", "",
+        md += [f"## {ds}", "", "### Models: ODE curvature (unguided) and training cost", "",
                _drop_constant(_display(models[models.dataset == ds], MODEL_BY)).to_markdown(index=False), "",
                "### Cells: quality vs NFE", "",
                _drop_constant(_display(cells[cells.dataset == ds], CELL_BY),
@@ -102,36 +119,58 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _nfe_ticks(ax, values) -> None:
+    """Label the log-scaled NFE axis at the NFE values themselves, not at powers of ten."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    ax.xaxis.set_major_locator(FixedLocator(values))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _lines_vs_nfe(cells: pd.DataFrame, metric: str, out: Path, name: str, ylabel: str) -> list[Path]:
+    """One panel per (sampler, rho, guidance, conditional), at most four to a row; a pairing keeps its colour."""
     plt = _plt()
     written = []
     sub = cells[cells[metric].notna()] if metric in cells else cells.iloc[0:0]
+    colours = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(cells["pairing"]))}
     for ds in sub["dataset"].unique() if len(sub) else []:
         d = sub[sub.dataset == ds]
         panels = d[["sampler", "rho", "guidance", "conditional"]].drop_duplicates().values.tolist()
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-        for ax, (sampler, rho, guidance, cond) in zip(axes[0], panels):
+        cols = min(4, len(panels))
+        rows = -(-len(panels) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        for ax, (sampler, rho, guidance, cond) in zip(axes.flat, panels):
             p = d[(d.sampler == sampler) & (d.rho == rho) & (d.guidance == guidance) & (d.conditional == cond)]
             for pairing, g in p.groupby("pairing", sort=False):
                 g = g.sort_values("nfe")
-                ax.plot(g["nfe"], g[metric], marker="o", ms=3, label=pairing)
-                ax.fill_between(g["nfe"], g[metric] - g[f"{metric}_sd"], g[metric] + g[f"{metric}_sd"], alpha=0.2)
+                ax.plot(g["nfe"], g[metric], marker="o", ms=3, label=pairing, color=colours[pairing])
+                ax.fill_between(g["nfe"], g[metric] - g[f"{metric}_sd"], g[metric] + g[f"{metric}_sd"],
+                                alpha=0.2, color=colours[pairing])
             ax.set_xscale("log")
             ax.set_yscale("log")
+            _nfe_ticks(ax, sorted(p["nfe"].unique()))
             title = f"{sampler}, rho={rho:g}" + ("" if guidance == "none" else f", {guidance}") + \
                 (", cond." if cond else "")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("NFE")
             ax.grid(alpha=0.3, which="both")
-        axes[0][0].set_ylabel(ylabel)
-        axes[0][-1].legend(fontsize=8)
-        fig.suptitle(f"{ds}: {ylabel} vs NFE (mean ± sd over seeds)", fontsize=10)
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
+        for row in axes:
+            row[0].set_ylabel(ylabel)
+        shown = [p for p in colours if p in set(d["pairing"])]
+        handles = [plt.Line2D([], [], color=colours[p], marker="o", ms=3) for p in shown]
+        fig.legend(handles, shown, loc="upper right", fontsize=8, ncols=len(shown), frameon=False)
+        fig.suptitle(f"{ds}: {ylabel} vs NFE (mean ± sd over seeds)", fontsize=10, x=0.02, ha="left")
         path = out / f"{name}_{ds}.png"
         _save(fig, path)
         written.append(path)
@@ -291,7 +330,7 @@ def report(folder: Path, out: Path | None = None) -> dict:
     if not records_list:
         raise UserError(f"no records in {folder} (expected {folder}/cells/*.json)")
     out = Path(out) if out else folder
-    df = records_frame(records_list)
+    df = records_frame(records_list, get_registry())
     records = {r["cell_key"]: r for r in records_list}
     tables = write_tables(df, out)
     figures = (_lines_vs_nfe(tables["cells"], "fd", out, "fd_vs_nfe", "FD")

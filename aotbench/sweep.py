@@ -1141,7 +1141,7 @@ def _finish(registry, plan: Plan, out, log) -> int:
     ws = Workspace(plan.spec.results)
     records = [read_json(p) for c in plan.cells if (p := ws.record_path(plan.spec.experiment, c)).exists()]
     if records:
-        out(display_table(records_frame(records)).to_markdown(index=False))
+        out(display_table(records_frame(records, registry)).to_markdown(index=False))
     missing = len(plan.cells) - len(records)
     where = plan.spec.results / plan.spec.experiment / "cells"
     if missing:

@@ -13,8 +13,9 @@ METRIC_ORDER = ["nfe", "fd", "fid", "w2", "curvature", "trunc_err"]
 TIMING_COLS = ["train_seconds", "pair_seconds", "pair_wait_seconds", "sample_seconds"]
 
 
-def _choice_labels(dicts: list[dict]) -> list[str]:
-    """name plus the parameters whose value varies among records of that name."""
+def _choice_labels(dicts: list[dict], defaults=None) -> list[str]:
+    """name plus the parameters whose value varies among records of that name, each shown only where it differs
+    from the plugin's default (``defaults(name) -> {param: default}``, or None when unknown): "dg", "dg:w=0.5"."""
     varying: dict[str, set] = {}
     by_name: dict[str, list[dict]] = {}
     for d in dicts:
@@ -22,11 +23,20 @@ def _choice_labels(dicts: list[dict]) -> list[str]:
     for name, ds in by_name.items():
         keys = {k for d in ds for k in d if k != "name"}
         varying[name] = {k for k in keys if len({repr(d.get(k)) for d in ds}) > 1}
-    return [":".join([d["name"], *(f"{k}={d[k]}" for k in sorted(varying[d["name"]]) if k in d)]) for d in dicts]
+    base = {name: (defaults(name) if defaults else None) or {} for name in by_name}
+
+    def shown(d, k):
+        return k in d and not (k in base[d["name"]] and repr(base[d["name"]][k]) == repr(d[k]))
+
+    return [":".join([d["name"], *(f"{k}={d[k]}" for k in sorted(varying[d["name"]]) if shown(d, k))])
+            for d in dicts]
 
 
-def records_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per record: config columns, seed, every numeric metric, timings."""
+def records_frame(records: list[dict], registry=None) -> pd.DataFrame:
+    """One row per record: config columns, seed, every numeric metric, timings.
+
+    With ``registry``, plugin columns leave out parameters at their registered default (a plugin no longer
+    installed shows every varying parameter)."""
     if not records:
         return pd.DataFrame()
     rows = []
@@ -49,8 +59,20 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
                "pairing": lambda r: r["config"]["train"]["pairing"], "sampler": lambda r: r["config"]["sampler"],
                "guidance": lambda r: r["config"]["guidance"]}
     for col, get in sources.items():
-        df[col] = _choice_labels([get(r) for r in records])
+        df[col] = _choice_labels([get(r) for r in records], _defaults_of(registry, col) if registry else None)
     return df
+
+
+def _defaults_of(registry, kind: str):
+    from .errors import UserError
+
+    def defaults(name: str) -> dict | None:
+        try:
+            return registry.get(kind, name).params
+        except UserError:
+            return None
+
+    return defaults
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:

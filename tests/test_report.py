@@ -71,3 +71,20 @@ def test_report_refuses_a_folder_without_records(tmp_path):
         report(tmp_path)
     out = run_cli("report", str(tmp_path / "nope"))
     assert out.returncode == 2 and "results folder not found" in out.stderr
+
+
+def test_guided_cells_name_only_non_default_parameters_and_leave_model_curvature_alone(registry, tmp_path):
+    synthetic(registry, tmp_path)
+    ws = Workspace(tmp_path)
+    for guidance, curvature in (("dg", 9.0), ("dg:w=0.5", 7.0)):  # guidance bends the ODE: not the model's curvature
+        for seed in range(3):
+            train = tiny_train(registry, dataset="digits", network="unet:channels=8", pairing="aot", seed=seed)
+            cell = CellConfig(train=train, sampler=resolve(registry, "sampler", "heun"),
+                              guidance=resolve(registry, "guidance", guidance), steps=9, sample_seed=seed)
+            write_record(ws.record_path("exp", cell), "exp", cell, {"nfe": 17, "fd": 50.0, "curvature": curvature},
+                         {"train_seconds": 100.0 + seed, "pair_seconds": 10.0}, {"device": "cpu"})
+    report(tmp_path / "exp")
+    cells = pd.read_csv(tmp_path / "exp" / "table.csv")
+    assert list(dict.fromkeys(cells.guidance)) == ["none", "dg", "dg:w=0.5"]  # unguided first; defaults not named
+    models = pd.read_csv(tmp_path / "exp" / "models.csv")
+    assert models.set_index("pairing").curvature["aot"] == pytest.approx(np.mean(CURV["aot"]))
