@@ -27,6 +27,7 @@ GRID_FLAGS = {
     "--n-samples": ("n_samples", "samples per cell"),
     "--label": ("label", "conditional models: sample only this class"),
     "--train-steps": ("train_steps", "optimizer steps"),
+    "--train-mimg": ("train_mimg", "training duration in millions of images, EDM's unit (instead of --train-steps)"),
     "--batch": ("batch", "global batch"),
     "--pool": ("pool", "AOT pool per rank (a multiple of the per-rank batch)"),
     "--ranks": ("ranks", "data-parallel ranks, each pairing its own pool (simulated in one process)"),

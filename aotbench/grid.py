@@ -7,7 +7,9 @@ label outside the dataset's range, a network that cannot take the dataset's shap
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 from typing import Any
 
 from .config import CellConfig, TrainConfig, resolve
@@ -24,7 +26,7 @@ CELL_AXES = {"steps": ("steps", int), "rho": ("rho", float), "sigma_min": ("sigm
              "sigma_max": ("sigma_max", float), "n_samples": ("n_samples", int), "label": ("label", int)}
 CHOICE_AXES = {"dataset": "dataset", "network": "network", "pairing": "pairing", "sampler": "sampler",
                "guidance": "guidance"}
-AXES = {*TRAIN_AXES, *CELL_AXES, *CHOICE_AXES, "seeds", "metrics"}
+AXES = {*TRAIN_AXES, *CELL_AXES, *CHOICE_AXES, "seeds", "metrics", "train_mimg"}
 
 #: used when neither the user nor the dataset plugin says otherwise
 FALLBACK = {"steps": [3, 5, 9, 18], "seeds": [0], "n_samples": [1000]}
@@ -55,6 +57,14 @@ def _split_top(text: str) -> list[str]:
     return [s.strip() for s in text.split(",")]
 
 
+def steps_for_mimg(mimg: float, batch: int) -> int:
+    """Optimizer steps for a duration in millions of training images (EDM's unit): the first step count that has
+    shown at least that many images, e.g. 200 Mimg at batch 256 = 781,250 steps."""
+    if not mimg > 0:
+        raise UserError(f"train_mimg must be > 0, got {mimg}")
+    return math.ceil(round(mimg * 1e6 / batch, 6))
+
+
 def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
     """All cells of a grid spec (axis -> value or list of values), validated."""
     unknown = sorted(set(spec) - AXES)
@@ -64,12 +74,17 @@ def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
     for axis, values in spec.items():
         if not values:
             raise UserError(f"axis '{axis}' is empty: the grid has no cells")
+    if "train_mimg" in spec and "train_steps" in spec:
+        raise UserError("give the training duration once: train_steps or train_mimg, not both")
     datasets = [resolve(registry, "dataset", d) for d in spec.get("dataset") or registry.defaults("dataset")]
     metrics = tuple(resolve(registry, "metric", m) for m in spec.get("metrics") or registry.defaults("metric"))
     cells: list[CellConfig] = []
     for dataset in datasets:
         dcls = registry.get("dataset", dataset.name).obj
         local = {**FALLBACK, **{k: as_list(v) for k, v in getattr(dcls, "defaults", {}).items()}, **spec}
+        if "train_mimg" in spec:  # the user's duration in images replaces the dataset's default step count
+            local.pop("train_steps", None)
+        mimgs = [_typed("train_mimg", float, v) for v in local["train_mimg"]] if "train_mimg" in local else [None]
         networks = local.get("network") or [getattr(dcls, "network", None)]
         if networks == [None]:
             raise UserError(f"dataset '{dataset.name}' names no default network; give --network")
@@ -84,10 +99,12 @@ def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
         seeds = [_typed("seeds", int, s) for s in local["seeds"]]
         t_names, t_values = list(train_axes), list(train_axes.values())
         c_names, c_values = list(cell_axes), list(cell_axes.values())
-        for network, pairing, seed, *tv in itertools.product(choice_lists["network"], choice_lists["pairing"],
-                                                             seeds, *t_values):
+        for network, pairing, seed, mimg, *tv in itertools.product(choice_lists["network"], choice_lists["pairing"],
+                                                                   seeds, mimgs, *t_values):
             tkw = {TRAIN_AXES[a][0]: v for a, v in zip(t_names, tv)}
             train = TrainConfig(dataset=dataset, network=network, pairing=pairing, seed=seed, **tkw)
+            if mimg is not None:  # a model is identified by its step count: 200 Mimg and 781,250 steps are one
+                train = dataclasses.replace(train, steps=steps_for_mimg(mimg, train.batch))
             for sampler, guidance, *cv in itertools.product(choice_lists["sampler"], choice_lists["guidance"],
                                                             *c_values):
                 ckw = {CELL_AXES[a][0]: v for a, v in zip(c_names, cv)}

@@ -30,7 +30,7 @@ def test_recipe_matches_the_paper(path, registry, tmp_path, monkeypatch):
     for grid in spec.grids:
         assert grid["pairing"] == want["pairing"] and grid["pool"] == want["pool"]
         assert grid["batch"] == 256 and grid["ranks"] == 4 and grid["conditional"] == want["conditional"]
-        assert grid["train_steps"] * grid["batch"] == pytest.approx(200e6, rel=1e-3)  # 200 Mimg
+        assert grid["train_mimg"] == 200 and "train_steps" not in grid  # EDM's duration, in its own unit
         assert grid["augment_p"] == 0.12 and grid["network"].startswith("ddpmpp")
         assert grid["n_samples"] == 50000 and "seed_ranges=3" in " ".join(grid["metrics"])
     assert want["rho_steps"] <= {(g["rho"], g["steps"]) for g in spec.grids}
@@ -47,7 +47,7 @@ def test_recipe_matches_the_paper(path, registry, tmp_path, monkeypatch):
         assert nfe[rho_steps] == {(90, 14): 27, (72, 15): 29, (7, 18): 35}[rho_steps]
     assert len({c.train.key for c in plan.cells}) == 1  # one model serves every sampling setting
     t = plan.cells[0].train
-    assert t.rank_batch == 64 and t.steps_per_pool == want["pool"] // 64
+    assert t.steps == 781250 and t.rank_batch == 64 and t.steps_per_pool == want["pool"] // 64
 
 
 def test_a_recipe_key_that_does_not_exist_is_refused(tmp_path):
