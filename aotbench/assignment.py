@@ -52,6 +52,39 @@ def total_cost(x: torch.Tensor, z: torch.Tensor, perm: torch.Tensor, cost: str =
     return float(d2.sqrt().sum() if cost == "l2" else d2.sum())
 
 
+def canonical_ties(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """The same assignment, with the noises of identical data rows handed out in increasing index order.
+
+    Why: a pool can hold one training image twice (pools run across epoch boundaries, and datasets have
+    duplicates). Swapping the noises of two identical rows changes no cost, so every exact solver is right and each
+    picks its own: `lap` and `lapjv` return different permutations for the same pool, and so would train different
+    models under one configuration. Sorting within each group of equal rows makes an exact pairing a function of
+    the pool alone, whichever solver found it; the total cost is unchanged.
+
+    ``x`` [N, *S]; ``perm`` [N] (noise[perm[i]] is paired to x[i]). Rows are grouped by a random projection (one
+    pass over x; equal rows get equal keys) and a group is confirmed row by row with exact equality.
+    """
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    probe = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0)).to(flat.device, flat.dtype)
+    key = (flat * probe).sum(1)
+    order = torch.argsort(key, stable=True)
+    sk = key[order]
+    starts = [0, *((sk[1:] != sk[:-1]).nonzero().flatten() + 1).tolist(), n]
+    out = None
+    for a, b in zip(starts[:-1], starts[1:]):
+        rest = order[a:b].tolist()
+        while len(rest) > 1:  # a run of equal keys: split it into groups of exactly equal rows
+            first = rest[0]
+            group = [i for i in rest if torch.equal(flat[i], flat[first])]
+            rest = [i for i in rest if i not in group]
+            if len(group) > 1:
+                out = perm.clone() if out is None else out
+                pos = torch.tensor(sorted(group))
+                out[pos] = out[pos].sort().values
+    return perm if out is None else out
+
+
 def per_class(labels: torch.Tensor | None, n: int, solve) -> torch.Tensor:
     """Solve the assignment within each class block and stitch the blocks into one permutation.
 

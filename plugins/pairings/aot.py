@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from aotbench import hookimpl
-from aotbench.assignment import check_cost, cost_matrix, per_class
+from aotbench.assignment import canonical_ties, check_cost, cost_matrix, per_class
 
 SOLVERS = ("auto", "lapjv", "lap", "scipy", "emd")
 #: up to this data dimension, auto uses POT's network simplex (see the module docstring)
@@ -115,7 +115,8 @@ class AOT:
     def pair(self, data, noise, labels=None):
         def solve(idx):
             c = cost_matrix(data[idx], noise[idx], self.cost, self.chunk, self.device, self.max_bytes)
-            return torch.from_numpy(assignment(c, self.solver, data[0].numel()))
+            q = torch.from_numpy(assignment(c, self.solver, data[0].numel())).long()
+            return canonical_ties(data[idx], q)  # the same pairs whichever exact solver ran
         return per_class(labels if self.per_class else None, data.shape[0], solve)
 
 

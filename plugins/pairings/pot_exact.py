@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from aotbench import hookimpl
-from aotbench.assignment import check_cost, cost_matrix, per_class
+from aotbench.assignment import canonical_ties, check_cost, cost_matrix, per_class
 
 
 def emd_permutation(c: np.ndarray, num_iter_max: int = 100_000, max_iter_cap: int = 100_000_000) -> np.ndarray:
@@ -58,9 +58,10 @@ class POTExact:
         def solve(idx):
             c = cost_matrix(data[idx], noise[idx], self.cost).double().numpy()
             try:
-                return torch.from_numpy(emd_permutation(c, self.num_iter_max, self.max_iter_cap))
+                q = torch.from_numpy(emd_permutation(c, self.num_iter_max, self.max_iter_cap)).long()
             except RuntimeError as err:
                 raise RuntimeError(f"pot-exact: {err}") from None
+            return canonical_ties(data[idx], q)
         return per_class(labels if self.per_class else None, data.shape[0], solve)
 
 
