@@ -61,26 +61,28 @@ def canonical_ties(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     models under one configuration. Sorting within each group of equal rows makes an exact pairing a function of
     the pool alone, whichever solver found it; the total cost is unchanged.
 
-    ``x`` [N, *S]; ``perm`` [N] (noise[perm[i]] is paired to x[i]). Rows are grouped by a random projection (one
-    pass over x; equal rows get equal keys) and a group is confirmed row by row with exact equality.
+    ``x`` [N, *S]; ``perm`` [N] (noise[perm[i]] is paired to x[i]). Candidate groups come from a random projection
+    of at most 512 evenly spaced coordinates (equal rows get equal keys; at 2048 x 3072 it costs about 2 ms), and
+    each candidate group is split into exactly equal rows.
     """
     n = x.shape[0]
     flat = x.reshape(n, -1)
-    probe = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0)).to(flat.device, flat.dtype)
-    key = (flat * probe).sum(1)
+    cols = flat[:, :: max(1, flat.shape[1] // 512)]
+    probe = torch.randn(cols.shape[1], generator=torch.Generator().manual_seed(0)).to(flat.device, flat.dtype)
+    key = (cols * probe).sum(1)
     order = torch.argsort(key, stable=True)
     sk = key[order]
     starts = [0, *((sk[1:] != sk[:-1]).nonzero().flatten() + 1).tolist(), n]
     out = None
     for a, b in zip(starts[:-1], starts[1:]):
-        rest = order[a:b].tolist()
-        while len(rest) > 1:  # a run of equal keys: split it into groups of exactly equal rows
-            first = rest[0]
-            group = [i for i in rest if torch.equal(flat[i], flat[first])]
-            rest = [i for i in rest if i not in group]
-            if len(group) > 1:
+        if b - a < 2:
+            continue
+        run = order[a:b].sort().values  # positions whose keys tie
+        _, group_of = torch.unique(flat[run], dim=0, return_inverse=True)
+        for g in group_of.unique():
+            pos = run[group_of == g]
+            if len(pos) > 1:
                 out = perm.clone() if out is None else out
-                pos = torch.tensor(sorted(group))
                 out[pos] = out[pos].sort().values
     return perm if out is None else out
 
