@@ -7,6 +7,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -76,10 +77,21 @@ def test_sigkill_mid_training_then_rerun_resumes_to_the_same_record(tmp_path):
     ckpt = next(models.glob("*.pt"))
     step_at_kill = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < step_at_kill < 1200
-    assert not list(models.glob(".*tmp"))  # nothing half-written left behind... or if so, never read
+    # Whether the kill landed mid-write is timing luck, so plant the leftover deterministically: a stray temporary
+    # named exactly as storage.atomic_write_bytes names its own (".{name}.XXXXXXXX.tmp" beside the checkpoint),
+    # holding garbage. The rerun must never read it: it still succeeds and gives the uninterrupted weights.
+    fd, stray = tempfile.mkstemp(dir=models, prefix=f".{ckpt.name}.", suffix=".tmp")
+    garbage = b"\x00not a checkpoint\xff" * 64
+    with os.fdopen(fd, "wb") as f:
+        f.write(garbage)
+    # a newer mtime than the checkpoint, so "the newest file wins" recovery would pick the garbage
+    os.utime(stray, (time.time() + 60, time.time() + 60))
     again = subprocess.run([sys.executable, "-m", "aotbench", *args, "--results", str(tmp_path / "a")],
                            env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
+    if os.path.exists(stray):  # deleting stale temporaries is allowed; writing into one is not
+        with open(stray, "rb") as f:
+            assert f.read() == garbage
     straight = subprocess.run([sys.executable, "-m", "aotbench", *args, "--results", str(tmp_path / "b")],
                               env=env, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr
