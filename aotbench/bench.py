@@ -108,6 +108,7 @@ def bench_training(registry: Registry, spec: dict, pairings: list[str], steps: i
                    pair_threads: int, workers: int, progress=print) -> pd.DataFrame:
     """Steps per second of the real engine per pairing (fresh model each, same data and seed)."""
     from .config import TrainConfig, resolve
+    from .datasets import bind_data
     from .train import TrainOptions, train_model
 
     dataset = resolve(registry, "dataset", spec["dataset"])
@@ -118,8 +119,9 @@ def bench_training(registry: Registry, spec: dict, pairings: list[str], steps: i
     rows = []
     try:
         for name in pairings:
-            cfg = TrainConfig(dataset=dataset, network=network, pairing=resolve(registry, "pairing", name),
-                              steps=steps, batch=spec["batch"], pool=spec["pool"], seed=0)
+            cfg = bind_data(registry, TrainConfig(dataset=dataset, network=network,
+                                                  pairing=resolve(registry, "pairing", name), steps=steps,
+                                                  batch=spec["batch"], pool=spec["pool"], seed=0))
             with tempfile.TemporaryDirectory() as tmp:
                 opts = TrainOptions(progress=False, pair_workers=workers, pair_threads=pair_threads,
                                     ckpt_every=10**9)

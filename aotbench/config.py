@@ -12,9 +12,12 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from . import identity
 from .errors import UserError
 from .plugins import Registry
-from .storage import stable_hash
+
+#: how a conditional cell without a fixed label draws its classes
+LABEL_SAMPLING = ("train", "uniform")
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class TrainConfig:
     augment_p: float = 0.0
     grad_accum: int = 1
     precision: str = "fp32"
+    #: sha256 of the dataset's content as loaded (:func:`aotbench.identity.data_fingerprint`); set when a grid is
+    #: expanded, checked again when training starts, so changed data under the same name is another model
+    data_fingerprint: str = ""
 
     def __post_init__(self):
         b = self.batch // self.ranks if self.ranks > 0 else 0
@@ -152,7 +158,7 @@ class TrainConfig:
 
     @property
     def key(self) -> str:
-        return stable_hash({"train": self.to_dict()})
+        return identity.model_key(self)
 
 
 @dataclass(frozen=True)
@@ -168,9 +174,12 @@ class CellConfig:
     sigma_max: float = 80.0
     n_samples: int = 1000
     sample_seed: int = 0
+    #: what to compute; outputs, not identity (not in the cell's key: a rerun adds missing metrics to the record)
     metrics: tuple[Choice, ...] = field(default_factory=tuple)
-    #: conditional models: sample this class (None = classes drawn uniformly, seeded)
+    #: conditional models: sample only this class, as the data labels it (None = draw labels per sample)
     label: int | None = None
+    #: conditional models without ``label``: draw classes in the train split's proportions ("train") or uniformly
+    label_sampling: str = "train"
 
     def __post_init__(self):
         if self.steps < 1:
@@ -182,6 +191,8 @@ class CellConfig:
                             f"sigma_max={self.sigma_max}")
         if self.n_samples < 2:
             raise UserError(f"n_samples must be >= 2, got {self.n_samples}")
+        if self.label_sampling not in LABEL_SAMPLING:
+            raise UserError(f"label_sampling must be one of {', '.join(LABEL_SAMPLING)}, got {self.label_sampling!r}")
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -195,12 +206,12 @@ class CellConfig:
         d = dict(d)
         d["train"] = TrainConfig.from_dict(d["train"])
         d["sampler"], d["guidance"] = Choice.from_dict(d["sampler"]), Choice.from_dict(d["guidance"])
-        d["metrics"] = tuple(Choice.from_dict(m) for m in d["metrics"])
+        d["metrics"] = tuple(Choice.from_dict(m) for m in d.get("metrics", ()))
         return cls(**d)
 
     @property
     def key(self) -> str:
-        return stable_hash({"cell": self.to_dict()})
+        return identity.cell_key(self)
 
     def with_(self, **changes) -> CellConfig:
         return replace(self, **changes)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .identity import tensor_digest
 from .seeds import generator
 from .storage import atomic_torch_save, load_checkpoint, stable_hash
 
@@ -50,7 +51,7 @@ class ClassifierFeatures:
     """FD features from a small CNN trained (once, deterministically, then cached) to classify the dataset.
 
     Trained on the train split only, with seed 0 and a fixed budget, so the extractor is a pure function of the data:
-    its ``name`` carries a hash of the data and the recipe. Inputs are clamped to [-1, 1] like images are.
+    its ``name`` carries a hash of the data's content (sha256 of its bytes and labels) and the recipe. Inputs are clamped to [-1, 1] like images are.
     """
 
     version = 1
@@ -60,9 +61,7 @@ class ClassifierFeatures:
         self.train, self.labels, self.num_classes = train, labels, num_classes
         self.width, self.epochs, self.batch = width, epochs, batch
         recipe = dict(v=self.version, width=width, epochs=epochs, batch=batch, classes=num_classes,
-                      n=int(train.shape[0]), shape=list(train.shape[1:]),
-                      data=stable_hash([float(train.double().sum()), float(train.double().pow(2).sum()),
-                                        int(labels.sum()) if labels is not None else -1]))
+                      data=tensor_digest(train, labels))
         self.key = stable_hash(recipe, 10)
         kind = "cnn" if labels is not None else "randcnn"
         self.name = f"{dataset}-{kind}{width}-{self.key[:6]}"
@@ -110,7 +109,9 @@ class ClassifierFeatures:
 
 @dataclass
 class Splits:
-    """A dataset as tensors: ``train`` [N, *S] and ``heldout`` [M, *S] in [-1, 1], labels [N] / [M] long or None."""
+    """A dataset as tensors: ``train`` [N, *S] and ``heldout`` [M, *S] in [-1, 1], labels [N] / [M] long or None.
+
+    Plugins may label classes with any non-negative integers; the engine maps them to 0..K-1 on load."""
 
     name: str
     train: torch.Tensor
@@ -119,6 +120,10 @@ class Splits:
     heldout_labels: torch.Tensor | None = None
     num_classes: int = 0
     features: object = field(default=None, repr=False)
+    #: the label values of the data, in the order of the mapped labels 0..K-1 (set by the engine's dataset gate)
+    classes: tuple[int, ...] = ()
+    #: sha256 of the content (set by :func:`aotbench.datasets.load_splits`)
+    fingerprint: str = ""
 
     def __post_init__(self):
         if self.features is None:
@@ -137,9 +142,9 @@ class Splits:
 def stratified_split(labels: torch.Tensor, heldout_fraction: float, seed: int = 0):
     """Indices (train, heldout) with the same class proportions in both; deterministic in ``seed``."""
     train, held = [], []
-    for c in torch.unique(labels).tolist():
+    for k, c in enumerate(torch.unique(labels).tolist()):  # seeded by the class's rank: label values don't matter
         idx = (labels == c).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=generator("split", seed, c))]
+        idx = idx[torch.randperm(len(idx), generator=generator("split", seed, k))]
         k = int(round(len(idx) * heldout_fraction))
         held.append(idx[:k])
         train.append(idx[k:])

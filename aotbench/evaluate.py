@@ -6,10 +6,13 @@ The engine owns the two things samplers and guidance must not do themselves:
   network twice (CFG) is charged twice, and NFE is rows evaluated / samples, so batching both passes into one call
   costs the same;
 - the noise and labels: every cell of a model with the same ``sample_seed`` starts from the same noise, which is
-  what makes truncation error (a sampler's x_N against a fine reference from the same noise) meaningful.
+  what makes truncation error (a sampler's x_N against a fine reference from the same noise) meaningful. Each
+  sample's starting noise, class label and stochastic-sampler noise come from generators seeded by the sample's
+  own index (:mod:`aotbench.seeds`), so a sample never depends on the evaluation batch size or its position.
 
 Metrics receive an :class:`EvalContext`. Expensive things (samples, features of the reference split, the reference
-trajectory) are computed lazily and memoized, within a cell and across cells of the same model.
+trajectory) are computed lazily and memoized, within a cell and across cells of the same model, under keys from
+:mod:`aotbench.identity`.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from typing import Any, Callable
 
 import torch
 
-from . import edm
+from . import edm, identity
 from .config import CellConfig
 from .data import Splits
 from .plugins import Registry
 from .progress import bar
-from .seeds import generator
+from .seeds import PerSampleNoise, per_sample
 
 
 class NFECounter:
@@ -62,6 +65,9 @@ class GuidanceContext:
     progress: bool = False
     #: extra per-row costs the guidance spends (e.g. discriminator evaluations), summed by the engine
     costs: dict = field(default_factory=dict)
+    #: which evaluation of the sampler's current step is being guided: 0 the step's first (Euler/predictor)
+    #: evaluation, 1 a corrector's (Heun's second); set by the engine from what the sampler passes as ``stage``
+    stage: int = 0
 
 
 def _range_seed(cell: CellConfig, seed_range: int) -> tuple:
@@ -71,13 +77,20 @@ def _range_seed(cell: CellConfig, seed_range: int) -> tuple:
 
 
 def class_labels(cell: CellConfig, splits: Splits, model: edm.Precond, seed_range: int = 0) -> torch.Tensor | None:
-    """Labels for conditional sampling: the cell's fixed class, or uniform over classes (seeded)."""
+    """Mapped labels [n] for conditional sampling: the cell's fixed class, or one class per sample drawn from its own
+    generator, in the train split's class proportions (``label_sampling="train"``) or uniformly."""
     if model.num_classes == 0:
         return None
+    n = cell.n_samples
     if cell.label is not None:
-        return torch.full((cell.n_samples,), cell.label, dtype=torch.long)
-    return torch.randint(model.num_classes, (cell.n_samples,),
-                         generator=generator("labels", *_range_seed(cell, seed_range)))
+        return torch.full((n,), splits.classes.index(cell.label), dtype=torch.long)
+    if cell.label_sampling == "uniform":
+        probs = torch.full((model.num_classes,), 1.0 / model.num_classes, dtype=torch.float64)
+    else:
+        counts = torch.bincount(splits.train_labels, minlength=model.num_classes).double()
+        probs = counts / counts.sum()
+    u = per_sample(torch.rand, (), range(n), "labels", *_range_seed(cell, seed_range)).double()
+    return torch.searchsorted(probs.cumsum(0), u, right=True).clamp(max=model.num_classes - 1)
 
 
 class EvalContext:
@@ -91,6 +104,8 @@ class EvalContext:
         self.memo_store = {} if memo is None else memo
         self.timings: dict[str, float] = {}
         self.costs: dict[str, float] = {}
+        #: one-line notes on the numbers (e.g. fewer samples than feature dimensions), printed and recorded
+        self.warnings: list[str] = []
         #: small arrays saved beside the record (sample grid, trajectories for figures)
         self.artifacts: dict[str, Any] = {}
         self._samples = None
@@ -99,18 +114,24 @@ class EvalContext:
         self.guidance = guidance.build(**cell.guidance.kwargs)
 
     def memo(self, key, fn: Callable[[], Any]):
-        key = (self.cell.sample_seed, self.cell.n_samples, key)
+        """``fn()`` computed once per ``key`` for every cell of this model; build keys from :mod:`aotbench.identity`
+        (a key that leaves out something the value depends on serves a wrong value to another cell)."""
         if key not in self.memo_store:
             self.memo_store[key] = fn()
         return self.memo_store[key]
 
+    def warn(self, message: str) -> None:
+        """A one-line note on this cell's numbers: printed by the runner and kept in the record's ``warnings``."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+
     def noise_for(self, seed_range: int = 0) -> torch.Tensor:
-        """Standard-normal starting noise [n, *S], the same for every cell with this sample_seed and seed range
-        (range 0 is shared through the memo; further ranges are drawn on demand, for FID only)."""
+        """Standard-normal starting noise [n, *S], row i from sample i's own generator: the same for every cell with
+        this sample_seed and seed range (range 0 is shared through the memo; further ranges are for FID only)."""
         def draw():
-            return torch.randn((self.cell.n_samples, *self.splits.shape),
-                               generator=generator("sample-noise", *_range_seed(self.cell, seed_range)))
-        return self.memo("noise", draw) if seed_range == 0 else draw()
+            return per_sample(torch.randn, self.splits.shape, range(self.cell.n_samples), "sample-noise",
+                                    *_range_seed(self.cell, seed_range))
+        return self.memo(("noise", identity.sample_set_key(self.cell)), draw) if seed_range == 0 else draw()
 
     @property
     def noise(self) -> torch.Tensor:
@@ -138,13 +159,13 @@ class EvalContext:
             for b, start in enumerate(range(0, n, self.batch)):
                 rows = slice(start, min(start + self.batch, n))
                 labels = None if labels_all is None else labels_all[rows].to(self.device)
-                null = None if labels is None else torch.full_like(labels, self.model.num_classes)
 
-                def cond(x, sigma, _labels=labels):
-                    return counter(x, sigma, _labels)
+                def cond(x, sigma):
+                    return counter(x, sigma, gctx.labels)
 
-                def uncond(x, sigma, _null=null):
-                    return counter(x, sigma, _null)
+                def uncond(x, sigma):
+                    null = None if gctx.labels is None else torch.full_like(gctx.labels, self.model.num_classes)
+                    return counter(x, sigma, null)
 
                 gctx = GuidanceContext(cond, uncond, labels, self.model.num_classes, self.splits, self.registry,
                                        self.cell, self.cache_dir, self.device, self.model, self.progress, costs)
@@ -153,9 +174,10 @@ class EvalContext:
                 denoise = self.guidance.wrap(cond, context=gctx)
                 x = noise_all[rows].to(self.device, torch.float64) * sigmas[0]
                 cb = None if callback is None else (lambda info, _rows=rows: callback({**info, "rows": _rows}))
-                x0 = sample_fn(_as_float32(denoise), x.float(), sigmas.to(self.device),
-                               generator=generator("sampler", self.cell.sample_seed, b, device=self.device),
-                               callback=cb)
+                noise_sampler = PerSampleNoise(range(rows.start, rows.stop), "sampler-noise",
+                                               *_range_seed(self.cell, seed_range))
+                x0 = sample_fn(_engine_denoise(denoise, gctx, labels), x.float(), sigmas.to(self.device),
+                               noise_sampler=noise_sampler, callback=cb)
                 out.append(x0.float().cpu())
                 pb.update(rows.stop - rows.start)
         return torch.cat(out), counter.nfe(n), {k: v / n for k, v in costs.items()}
@@ -190,15 +212,21 @@ class EvalContext:
     @property
     def reference_features(self) -> torch.Tensor:
         """Features of the train split: FD compares with the training distribution, as EDM's FID does."""
-        key = ("reference-features", self.splits.name, self.splits.features.name)
+        key = ("reference-features", self.splits.fingerprint, self.splits.features.name)
         if key not in self.memo_store:
             self.memo_store[key] = self.features(self.splits.train)
         return self.memo_store[key]
 
 
-def _as_float32(denoise: Callable) -> Callable:
-    """Samplers may keep float64 sigmas; the network sees float32 inputs and returns x's dtype."""
-    def f(x, sigma):
+def _engine_denoise(denoise: Callable, gctx: GuidanceContext, labels: torch.Tensor | None) -> Callable:
+    """What a sampler calls: ``f(x, sigma, stage=0, rows=None)``. Samplers may keep float64 states and sigmas (a
+    scalar or one per row); the network sees float32 inputs and the result comes back in x's dtype. ``stage`` (0 =
+    a step's first evaluation, 1 = a corrector's) is handed to guidance through its context; ``rows`` (indices into
+    the batch) tells the engine which samples ``x`` holds when a sampler evaluates only some (adaptive samplers), so
+    their labels go with them."""
+    def f(x, sigma, stage: int = 0, rows: torch.Tensor | None = None):
+        gctx.stage = stage
+        gctx.labels = labels if labels is None or rows is None else labels[rows.to(labels.device)]
         sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32)
         return denoise(x.to(torch.float32), sigma).to(x.dtype)
     return f

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from .config import CellConfig, TrainConfig, resolve
+from .datasets import load_splits
 from .errors import UserError
 from .plugins import Registry
 
@@ -23,7 +24,8 @@ TRAIN_AXES = {"train_steps": ("steps", int), "batch": ("batch", int), "pool": ("
               "conditional": ("conditional", bool), "label_dropout": ("label_dropout", float),
               "augment_p": ("augment_p", float), "grad_accum": ("grad_accum", int), "precision": ("precision", str)}
 CELL_AXES = {"steps": ("steps", int), "rho": ("rho", float), "sigma_min": ("sigma_min", float),
-             "sigma_max": ("sigma_max", float), "n_samples": ("n_samples", int), "label": ("label", int)}
+             "sigma_max": ("sigma_max", float), "n_samples": ("n_samples", int), "label": ("label", int),
+             "label_sampling": ("label_sampling", str)}
 CHOICE_AXES = {"dataset": "dataset", "network": "network", "pairing": "pairing", "sampler": "sampler",
                "guidance": "guidance"}
 AXES = {*TRAIN_AXES, *CELL_AXES, *CHOICE_AXES, "seeds", "metrics", "train_mimg"}
@@ -80,6 +82,7 @@ def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
     metrics = tuple(resolve(registry, "metric", m) for m in spec.get("metrics") or registry.defaults("metric"))
     cells: list[CellConfig] = []
     for dataset in datasets:
+        fingerprint = load_splits(registry, dataset).fingerprint
         dcls = registry.get("dataset", dataset.name).obj
         local = {**FALLBACK, **{k: as_list(v) for k, v in getattr(dcls, "defaults", {}).items()}, **spec}
         if "train_mimg" in spec:  # the user's duration in images replaces the dataset's default step count
@@ -102,7 +105,8 @@ def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
         for network, pairing, seed, mimg, *tv in itertools.product(choice_lists["network"], choice_lists["pairing"],
                                                                    seeds, mimgs, *t_values):
             tkw = {TRAIN_AXES[a][0]: v for a, v in zip(t_names, tv)}
-            train = TrainConfig(dataset=dataset, network=network, pairing=pairing, seed=seed, **tkw)
+            train = TrainConfig(dataset=dataset, network=network, pairing=pairing, seed=seed,
+                                data_fingerprint=fingerprint, **tkw)
             if mimg is not None:  # a model is identified by its step count: 200 Mimg and 781,250 steps are one
                 train = dataclasses.replace(train, steps=steps_for_mimg(mimg, train.batch))
             for sampler, guidance, *cv in itertools.product(choice_lists["sampler"], choice_lists["guidance"],
@@ -118,7 +122,7 @@ def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
 
 def validate(registry: Registry, cells: list[CellConfig]) -> None:
     """Refuse impossible combinations before any work starts."""
-    from .train import build_model, load_splits
+    from .train import build_model
 
     checked_models = set()
     for cell in cells:
@@ -147,6 +151,6 @@ def validate(registry: Registry, cells: list[CellConfig]) -> None:
         if cell.label is not None:
             if not t.conditional:
                 raise UserError(f"label={cell.label} given but the model is unconditional")
-            if not 0 <= cell.label < splits.num_classes:
-                raise UserError(f"class label {cell.label} is outside dataset '{t.dataset.name}' "
-                                f"(labels 0..{splits.num_classes - 1})")
+            if cell.label not in splits.classes:
+                raise UserError(f"class label {cell.label} is not in dataset '{t.dataset.name}' "
+                                f"(its labels: {', '.join(map(str, splits.classes))})")

@@ -42,11 +42,18 @@ def register_pairings(register):
 def register_samplers(register):
     """Register ODE/SDE samplers.
 
-    ``obj`` is a function ``sample(denoise, x, sigmas, *, generator=None, callback=None, **params) -> x0``.
-    ``denoise(x, sigma)`` returns D(x; sigma) (preconditioned, guided; ``sigma`` a Python float or 0-d tensor),
-    ``sigmas`` is a descending 1-d tensor ending in 0, and ``x = noise * sigmas[0]``. Samplers never count network
-    evaluations; the engine does. ``callback``, if given, is called as ``callback({"i", "x", "sigma", "denoised"})``
-    after each evaluation on the sampler's main path.
+    ``obj`` is a function ``sample(denoise, x, sigmas, *, noise_sampler=None, callback=None, **params) -> x0``.
+
+    - ``denoise(x, sigma, stage=0, rows=None)`` returns D(x; sigma) (preconditioned, guided). ``sigma`` is a Python
+      float, a 0-d tensor, or a ``[B]`` tensor with one sigma per row (adaptive samplers). Pass ``stage=1`` for a
+      corrector evaluation (Heun's second); guidance such as DG treats the two differently. A sampler that evaluates
+      only some rows of its batch passes their indices as ``rows`` (a LongTensor), so their class labels go along.
+    - ``sigmas`` is a descending 1-d tensor ending in 0, and ``x = noise * sigmas[0]``.
+    - ``noise_sampler(x)``, for stochastic samplers, returns fresh N(0, I) noise shaped like ``x``, each row from its
+      own sample's stream (:class:`aotbench.seeds.PerSampleNoise`), so results never depend on the batch size.
+      A sampler must not draw from torch's global generator, and nothing in a row may depend on other rows.
+    - Samplers never count network evaluations; the engine does. ``callback``, if given, is called as
+      ``callback({"i", "x", "sigma", "denoised"})`` after each evaluation on the sampler's main path.
     """
 
 
@@ -58,9 +65,10 @@ def register_guidance(register):
 
     - ``needs``: a set of model capabilities it requires, from ``{"conditional", "label_dropout"}``; the engine
       refuses an impossible combination before any work starts;
-    - ``wrap(denoise, *, context) -> denoise``: returns the guided denoiser. ``context`` is an
-      :class:`aotbench.evaluate.GuidanceContext` (the unguided and unconditional model denoisers, class labels, the
-      dataset, a cache folder, and a ``costs`` dict for extra evaluations the guidance spends).
+    - ``wrap(denoise, *, context) -> denoise``: returns the guided denoiser ``f(x, sigma)`` (``sigma`` a scalar or
+      one per row). ``context`` is an :class:`aotbench.evaluate.GuidanceContext` (the unguided and unconditional
+      model denoisers, class labels, the dataset, a cache folder, a ``costs`` dict for extra evaluations the
+      guidance spends, and ``stage``: 0 for a sampler step's first evaluation, 1 for a corrector's).
     """
 
 
@@ -69,7 +77,8 @@ def register_datasets(register):
     """Register datasets.
 
     ``obj`` is a class; ``obj(**params).load() -> aotbench.data.Splits`` gives train and held-out tensors in
-    [-1, 1], optional labels, and a feature extractor for the domain Frechet distance. Optional class attributes:
+    [-1, 1], optional labels (any non-negative integers: the engine maps them to 0..K-1 and fingerprints the
+    content, :mod:`aotbench.datasets`), and a feature extractor for the domain Frechet distance. Optional class attributes:
     ``network`` names its default network, ``defaults`` (a dict of grid axes, e.g. ``{"train_steps": 3000}``) sets
     the training budget used when the user does not give one.
     """
@@ -91,5 +100,7 @@ def register_metrics(register):
 
     ``obj`` is a class; ``obj(**params).compute(ctx) -> dict[str, float | str]`` where ``ctx`` is an
     :class:`aotbench.evaluate.EvalContext`, which computes samples, features and the reference trajectory lazily and
-    shares them between metrics and cells of the same model.
+    shares them between metrics and cells of the same model (``ctx.memo(key, fn)``, keys from
+    :mod:`aotbench.identity`). ``ctx.warn(message)`` attaches a one-line caveat to the cell's record. A metric's
+    outputs are not part of the cell's identity: adding a metric later adds its outputs to existing records.
     """

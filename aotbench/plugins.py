@@ -36,7 +36,7 @@ KINDS = {
 }
 
 # Arguments that belong to a component's interface, not to its user-settable parameters.
-_INTERFACE_ARGS = {"self", "generator", "callback", "context", "shape", "num_classes", "denoise", "x", "sigmas"}
+_INTERFACE_ARGS = {"self", "noise_sampler", "callback", "context", "shape", "num_classes", "denoise", "x", "sigmas"}
 
 
 @dataclass(frozen=True)

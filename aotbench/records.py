@@ -70,12 +70,31 @@ def environment(device) -> dict:
             "python": platform.python_version(), "device": device_name(device), "host": platform.node()}
 
 
-def write_record(path: Path, experiment: str, cell: CellConfig, metrics: dict, timings: dict, env: dict) -> dict:
-    record = {"experiment": experiment, "cell_key": cell.key, "train_key": cell.train.key, "config": cell.to_dict(),
-              "metrics": metrics, "timings": timings, "environment": env,
-              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+def write_record(path: Path, experiment: str, cell: CellConfig, metrics: dict, timings: dict, env: dict,
+                 warnings: list[str] = (), computed: tuple = (), old: dict | None = None,
+                 classes: tuple[int, ...] = ()) -> dict:
+    """Write (or, given the ``old`` record of the same cell, extend) one cell's record atomically.
+
+    ``computed`` are the metric choices just evaluated: their parameters go to ``metric_params``, their outputs
+    replace any older outputs of the same name; everything else of ``old`` is kept. ``classes`` are the data's
+    label values in the order of the model's classes 0..K-1 (the engine's label mapping)."""
+    old = old or {}
+    record = {"experiment": experiment, "cell_key": cell.key, "train_key": cell.train.key,
+              "config": cell.to_dict(), "metrics": {**old.get("metrics", {}), **metrics},
+              "metric_params": {**old.get("metric_params", {}), **{m.name: m.kwargs for m in computed}},
+              "timings": {**old.get("timings", {}), **timings},
+              "warnings": sorted({*old.get("warnings", []), *warnings}), "environment": env,
+              "data": {"fingerprint": cell.train.data_fingerprint, "classes": list(classes)},
+              "created": old.get("created") or _now()}
+    record["config"].pop("metrics", None)
+    if old:
+        record["updated"] = _now()
     atomic_write_json(path, record)
     return record
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def read_records(folder: Path) -> list[dict]:

@@ -24,11 +24,10 @@ from .errors import UserError
 from .plugins import get_registry
 from .records import read_records
 from .storage import atomic_write_bytes, atomic_write_text
-from .tables import records_frame, summarize
+from .tables import config_columns, group_columns, metric_columns, model_columns, records_frame, summarize
 
-MODEL_BY = ["dataset", "pairing", "conditional"]
-CELL_BY = ["dataset", "pairing", "conditional", "guidance", "sampler", "rho", "steps"]
-CELL_METRICS = ["nfe", "fd", "fid", "w2", "trunc_err", "disc_grad_evals"]
+#: read from a model's unguided cells into the model table, not the cell table
+MODEL_METRICS = ["curvature"]
 
 
 def _pm(mean, sd, n, digits=4) -> str:
@@ -54,17 +53,24 @@ def model_table(df: pd.DataFrame) -> pd.DataFrame:
     per_model = df.assign(_g=guided).sort_values("_g", kind="stable").drop_duplicates("train_key")
     per_model = per_model.drop(columns="_g").copy()
     per_model["pair_share"] = per_model["pair_seconds"] / per_model["train_seconds"]
-    metrics = [m for m in ("curvature", "train_seconds", "pair_seconds", "pair_share") if m in per_model]
-    out = summarize(per_model, metrics, by=[c for c in MODEL_BY if c in per_model])
+    metrics = [m for m in (*MODEL_METRICS, "train_seconds", "pair_seconds", "pair_share") if m in per_model]
+    out = summarize(per_model, metrics, by=model_by(per_model))
     out["_p"] = out["pairing"].map(pairing_order(df))
     keys = [c for c in ("dataset", "conditional") if c in out] + ["_p"]
     return out.sort_values(keys, kind="stable").drop(columns="_p").reset_index(drop=True)
 
 
+def model_by(df: pd.DataFrame) -> list[str]:
+    """What a row of the model table is: every training config column (seeds pooled)."""
+    return [c for c in model_columns() if c in df.columns]
+
+
 def cell_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per cell configuration (seeds pooled), ordered so that pairings sit next to each other at equal NFE."""
-    metrics = [m for m in CELL_METRICS if m in df.columns and df[m].notna().any()]
-    out = summarize(df, metrics, by=[c for c in CELL_BY if c in df.columns])
+    """Per cell configuration (seeds pooled), ordered so that pairings sit next to each other at equal NFE.
+
+    Every numeric metric is a column (a third party's included); a row is every config column and descriptor."""
+    metrics = [m for m in metric_columns(df) if m not in MODEL_METRICS and df[m].notna().any()]
+    out = summarize(df, metrics, by=group_columns(df))
     out["_p"] = out["pairing"].map(pairing_order(df))
     if "guidance" in out:  # unguided rows first, then each guidance by name
         out["_g"] = out["guidance"].map(lambda g: (g != "none", g))
@@ -81,6 +87,10 @@ def _display(summary: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return out
 
 
+def _varying(df: pd.DataFrame, cols: list[str]) -> list[str]:
+    return [c for c in cols if c in df.columns and df[c].astype(str).nunique() > 1]
+
+
 def _drop_constant(df: pd.DataFrame, keep=("pairing",)) -> pd.DataFrame:
     return df[[c for c in df.columns if c in keep or df[c].astype(str).nunique() > 1 or c == "seeds"]]
 
@@ -89,11 +99,12 @@ def write_tables(df: pd.DataFrame, out: Path) -> dict[str, pd.DataFrame]:
     models, cells = model_table(df), cell_table(df)
     md = ["# Results", "", f"{df['train_key'].nunique()} model(s), {len(df)} cell record(s); mean ± sd over seeds.",
           ""]
+    mby, cby = model_by(models), group_columns(df)
     for ds in cells["dataset"].unique():
         md += [f"## {ds}", "", "### Models: ODE curvature (unguided) and training cost", "",
-               _drop_constant(_display(models[models.dataset == ds], MODEL_BY)).to_markdown(index=False), "",
+               _drop_constant(_display(models[models.dataset == ds], mby)).to_markdown(index=False), "",
                "### Cells: quality vs NFE", "",
-               _drop_constant(_display(cells[cells.dataset == ds], CELL_BY),
+               _drop_constant(_display(cells[cells.dataset == ds], cby),
                               keep=("pairing", "sampler", "nfe")).to_markdown(index=False), ""]
     extractors = sorted({str(x) for x in df.get("fd_extractor", pd.Series(dtype=str)).dropna()})
     if extractors:
@@ -102,7 +113,8 @@ def write_tables(df: pd.DataFrame, out: Path) -> dict[str, pd.DataFrame]:
     atomic_write_text(out / "table.md", "\n".join(md))
     atomic_write_text(out / "table.csv", cells.to_csv(index=False))
     atomic_write_text(out / "models.csv", models.to_csv(index=False))
-    tex = _display(cells, CELL_BY).to_latex(index=False, escape=True)
+    tex = _drop_constant(_display(cells, cby), keep=("dataset", "pairing", "sampler", "nfe")).to_latex(
+        index=False, escape=True)
     atomic_write_text(out / "table.tex", tex)
     return {"models": models, "cells": cells}
 
@@ -136,21 +148,43 @@ def _nfe_ticks(ax, values) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _series(d: pd.DataFrame) -> pd.Series:
+    """A line's label: the pairing plus every other model setting that varies in ``d`` (a pool ablation's lines)."""
+    extra = _varying(d, [c for c in model_columns() if c not in ("dataset", "pairing", "conditional")])
+    label = d["pairing"].astype(str)
+    for c in extra:
+        label = label + f" {c}=" + d[c].astype(str)
+    return label
+
+
+def _panel_title(key: dict) -> str:
+    sampler, rho, guidance, cond = (key.pop(k, None) for k in ("sampler", "rho", "guidance", "conditional"))
+    parts = [f"{sampler}, rho={rho:g}"] + ([] if guidance in (None, "none") else [str(guidance)])
+    parts += [f"{k}={v}" for k, v in key.items()] + (["cond."] if cond else [])
+    return ", ".join(parts)
+
+
 def _lines_vs_nfe(cells: pd.DataFrame, metric: str, out: Path, name: str, ylabel: str) -> list[Path]:
-    """One panel per (sampler, rho, guidance, conditional), at most four to a row; a pairing keeps its colour."""
+    """One panel per sampling setting (sampler, rho, guidance, and whatever else varies but the step count), at
+    most four to a row; one line per model setting (pairing, and a pool or budget where those vary)."""
     plt = _plt()
     written = []
     sub = cells[cells[metric].notna()] if metric in cells else cells.iloc[0:0]
-    colours = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(cells["pairing"]))}
+    sub = sub.assign(_series=_series(sub)) if len(sub) else sub
+    colours = {p: f"C{i % 10}" for i, p in enumerate(dict.fromkeys(sub["_series"]))} if len(sub) else {}
     for ds in sub["dataset"].unique() if len(sub) else []:
         d = sub[sub.dataset == ds]
-        panels = d[["sampler", "rho", "guidance", "conditional"]].drop_duplicates().values.tolist()
+        sampling = [c for c in group_columns(d) if c not in model_columns() and c != "steps"]
+        panel_cols = ["sampler", "rho", "guidance", "conditional"] + [
+            c for c in _varying(d, sampling) if c not in ("sampler", "rho", "guidance")]
+        panel_cols = [c for c in dict.fromkeys(panel_cols) if c in d.columns]
+        panels = d[panel_cols].drop_duplicates().to_dict("records")
         cols = min(4, len(panels))
         rows = -(-len(panels) // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-        for ax, (sampler, rho, guidance, cond) in zip(axes.flat, panels):
-            p = d[(d.sampler == sampler) & (d.rho == rho) & (d.guidance == guidance) & (d.conditional == cond)]
-            for pairing, g in p.groupby("pairing", sort=False):
+        for ax, key in zip(axes.flat, panels):
+            p = d[np.logical_and.reduce([(d[c].astype(str) == str(v)).values for c, v in key.items()])]
+            for pairing, g in p.groupby("_series", sort=False):
                 g = g.sort_values("nfe")
                 ax.plot(g["nfe"], g[metric], marker="o", ms=3, label=pairing, color=colours[pairing])
                 ax.fill_between(g["nfe"], g[metric] - g[f"{metric}_sd"], g[metric] + g[f"{metric}_sd"],
@@ -158,16 +192,14 @@ def _lines_vs_nfe(cells: pd.DataFrame, metric: str, out: Path, name: str, ylabel
             ax.set_xscale("log")
             ax.set_yscale("log")
             _nfe_ticks(ax, sorted(p["nfe"].unique()))
-            title = f"{sampler}, rho={rho:g}" + ("" if guidance == "none" else f", {guidance}") + \
-                (", cond." if cond else "")
-            ax.set_title(title, fontsize=9)
+            ax.set_title(_panel_title(dict(key)), fontsize=9)
             ax.set_xlabel("NFE")
             ax.grid(alpha=0.3, which="both")
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
         for row in axes:
             row[0].set_ylabel(ylabel)
-        shown = [p for p in colours if p in set(d["pairing"])]
+        shown = [p for p in colours if p in set(d["_series"])]
         handles = [plt.Line2D([], [], color=colours[p], marker="o", ms=3) for p in shown]
         fig.legend(handles, shown, loc="upper right", fontsize=8, ncols=len(shown), frameon=False)
         fig.suptitle(f"{ds}: {ylabel} vs NFE (mean ± sd over seeds)", fontsize=10, x=0.02, ha="left")

@@ -1,6 +1,7 @@
 """Runs cells: train (or load) each distinct model once, evaluate its cells, write one record per cell.
 
-A cell whose record exists is skipped unless ``force``; a model whose checkpoint is finished is loaded, one that is
+A cell whose record holds every metric asked for is skipped unless ``force``; a record that lacks some gets just
+those added (metrics are outputs, not identity). A model whose checkpoint is finished is loaded, one that is
 unfinished is resumed. So any launcher can run any subset of a grid, in any order, any number of times.
 """
 
@@ -18,11 +19,15 @@ from .evaluate import EvalContext
 from .plugins import Registry
 from .records import Workspace, environment, write_record
 from .storage import atomic_write_bytes, read_json
-from .train import TrainOptions, load_ema, load_splits, train_model
+from .datasets import load_splits
+from .train import TrainOptions, load_ema, train_model
 
 
 @dataclass
 class RunOptions:
+    """How to run cells; nothing here changes a number (each sample's randomness is its own, whatever
+    ``eval_batch``), so none of it is part of a key."""
+
     device: str = "cpu"
     eval_batch: int = 2000
     force: bool = False
@@ -37,17 +42,18 @@ def group_by_model(cells: list[CellConfig]) -> dict[str, list[CellConfig]]:
     return groups
 
 
-def evaluate_cell(registry: Registry, cell: CellConfig, model, ws: Workspace, memo: dict, opts: RunOptions):
-    """Compute every metric of one cell; returns (metrics, timings, artifacts)."""
+def evaluate_cell(registry: Registry, cell: CellConfig, model, ws: Workspace, memo: dict, opts: RunOptions,
+                  metrics: tuple | None = None):
+    """Compute ``metrics`` (default: all of the cell's) on one cell; returns (metrics, timings, artifacts, warnings)."""
     splits = load_splits(registry, cell.train.dataset)
     ctx = EvalContext(registry, cell, splits, model, device=opts.device, cache_dir=ws.cache, memo=memo,
                       batch=opts.eval_batch, progress=opts.progress)
     t0 = time.perf_counter()
-    metrics: dict = {}
-    for m in cell.metrics:
-        metrics.update(registry.get("metric", m.name).build(**m.kwargs).compute(ctx))
-    metrics.update(ctx.costs)
-    return metrics, {**ctx.timings, "eval_seconds": time.perf_counter() - t0}, ctx.artifacts
+    values: dict = {}
+    for m in cell.metrics if metrics is None else metrics:
+        values.update(registry.get("metric", m.name).build(**m.kwargs).compute(ctx))
+    values.update(ctx.costs)
+    return values, {**ctx.timings, "eval_seconds": time.perf_counter() - t0}, ctx.artifacts, ctx.warnings
 
 
 def _save_artifacts(path: Path, artifacts: dict) -> None:
@@ -56,25 +62,44 @@ def _save_artifacts(path: Path, artifacts: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def missing_metrics(cell: CellConfig, record: dict | None, force: bool = False) -> tuple:
+    """The metrics of ``cell`` its record lacks (all of them without a record, or with ``force``): a metric counts
+    as present when the record holds it with the same parameters."""
+    if record is None or force:
+        return cell.metrics
+    have = record.get("metric_params", {})
+    return tuple(m for m in cell.metrics if have.get(m.name) != m.kwargs)
+
+
+def _read_record(ws: Workspace, experiment: str, cell: CellConfig) -> dict | None:
+    path = ws.record_path(experiment, cell)
+    return read_json(path) if path.exists() else None
+
+
 def run_model(registry: Registry, cells: list[CellConfig], ws: Workspace, experiment: str,
-              opts: RunOptions) -> list[dict]:
-    """Train/load the model shared by ``cells`` and evaluate those without a record; returns their records."""
-    pending = [c for c in cells if opts.force or not ws.record_path(experiment, c).exists()]
-    records = {c.key: read_json(ws.record_path(experiment, c)) for c in cells if c not in pending}
+              opts: RunOptions, log=print) -> list[dict]:
+    """Train/load the model shared by ``cells``, evaluate the metrics their records lack; returns their records."""
+    records = {c.key: _read_record(ws, experiment, c) for c in cells}
+    pending = [(c, missing_metrics(c, records[c.key], opts.force)) for c in cells]
+    pending = [(c, ms) for c, ms in pending if ms]
     if pending:
-        cfg = pending[0].train
+        cfg = pending[0][0].train
         train_opts = opts.train
         train_opts.device, train_opts.progress = opts.device, opts.progress
         ckpt = train_model(registry, cfg, ws.model_path(cfg.key), train_opts)
         model = load_ema(registry, cfg, ckpt, opts.device)
         memo: dict = {}
         env = environment(opts.device)
-        for cell in pending:
-            metrics, timings, artifacts = evaluate_cell(registry, cell, model, ws, memo, opts)
+        for cell, metrics in pending:
+            values, timings, artifacts, warnings = evaluate_cell(registry, cell, model, ws, memo, opts, metrics)
+            for w in warnings:
+                log(f"warning: {w}")
             timings.update({k: float(v) for k, v in ckpt["timing"].items()})
             if artifacts:
                 _save_artifacts(ws.artifact_path(experiment, cell), artifacts)
-            records[cell.key] = write_record(ws.record_path(experiment, cell), experiment, cell, metrics, timings, env)
+            old = None if opts.force else records[cell.key]
+            records[cell.key] = write_record(ws.record_path(experiment, cell), experiment, cell, values, timings,
+                                             env, warnings, metrics, old, load_splits(registry, cfg.dataset).classes)
     return [records[c.key] for c in cells]
 
 
@@ -83,13 +108,13 @@ def run_cells(registry: Registry, cells: list[CellConfig], results: Path, experi
     """Run a whole grid in this process; returns (records in grid order, number of cells newly evaluated)."""
     opts = opts or RunOptions()
     ws = Workspace(Path(results))
-    todo = sum(1 for c in cells if opts.force or not ws.record_path(experiment, c).exists())
+    todo = sum(1 for c in cells if missing_metrics(c, _read_record(ws, experiment, c), opts.force))
     groups = group_by_model(cells)
     out: dict[str, dict] = {}
     for i, (key, group) in enumerate(groups.items()):
         if opts.progress and len(groups) > 1:
             t = group[0].train
             log(f"[model {i + 1}/{len(groups)}] {t.dataset.name} pairing={t.pairing.label()} seed={t.seed} ({key})")
-        for rec in run_model(registry, group, ws, experiment, opts):
+        for rec in run_model(registry, group, ws, experiment, opts, log):
             out[rec["cell_key"]] = rec
     return [out[c.key] for c in cells], todo

@@ -569,6 +569,15 @@ def _options_for(spec: Spec, stage: str, force: bool) -> dict:
     return opts
 
 
+def _complete(ws, experiment: str, cell) -> bool:
+    """A cell is done when its record holds every metric it asks for (a missing metric is added by a rerun)."""
+    from .runner import missing_metrics
+    from .storage import read_json
+
+    path = ws.record_path(experiment, cell)
+    return path.exists() and not missing_metrics(cell, read_json(path))
+
+
 def make_plan(registry, spec: Spec, launcher: str, *, force: bool = False) -> Plan:
     from .grid import expand
     from .records import Workspace
@@ -601,7 +610,7 @@ def make_plan(registry, spec: Spec, launcher: str, *, force: bool = False) -> Pl
                                 f"gpus_per_node")
     ws = Workspace(spec.results)
     jobs_dir = spec.results / spec.experiment / "jobs"
-    done = [c for c in cells if ws.record_path(spec.experiment, c).exists()]
+    done = [c for c in cells if _complete(ws, spec.experiment, c)]
     done_keys = {c.key for c in done}
     recorded = _all_jobs(load_state(jobs_dir))
     states = job_states(recorded, jobs_dir) if recorded else {}
@@ -904,7 +913,7 @@ def _count_records(plan: Plan) -> int:
     from .records import Workspace
 
     ws = Workspace(plan.spec.results)
-    return sum(1 for c in plan.cells if ws.record_path(plan.spec.experiment, c).exists())
+    return sum(1 for c in plan.cells if _complete(ws, plan.spec.experiment, c))
 
 
 def wait_jobs(plan: Plan, jobs: list[JobRecord], log: Callable[[str], None]) -> dict[str, str]:
@@ -1203,9 +1212,12 @@ def resolve_train_config(registry, text: str, results: Path):
         raise UserError(f"--config {text}: unknown training field {', '.join(unknown)} "
                         f"(fields: {', '.join(sorted(known))})")
     try:
-        return TrainConfig.from_dict(d)
+        cfg = TrainConfig.from_dict(d)
     except TypeError as err:
         raise UserError(f"--config {text}: {err}") from None
+    from .datasets import bind_data
+
+    return cfg if cfg.data_fingerprint else bind_data(registry, cfg)
 
 
 def train_command(config: str, *, results: str = "results", device: str = "auto", ckpt_every: int = 500,

@@ -1,16 +1,56 @@
-"""Records -> pandas tables: one row per cell, and the mean +- sd over seeds."""
+"""Records -> pandas tables: one row per cell, and the mean +- sd over seeds.
+
+A table row is every config field plus every descriptor of the values (extractor, mode, sample count): records
+that differ in anything but their seed are never pooled, and the columns come from the config dataclasses, so a new
+field can not be forgotten here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
 
 CHOICE_COLS = ["dataset", "network", "pairing", "sampler", "guidance"]
-CONFIG_COLS = [*CHOICE_COLS, "conditional", "train_steps", "batch", "pool", "ranks", "steps", "rho", "label",
-               "n_samples"]
+
 METRIC_ORDER = ["nfe", "fd", "fid", "w2", "curvature", "trunc_err"]
-TIMING_COLS = ["train_seconds", "pair_seconds", "pair_wait_seconds", "sample_seconds"]
+#: numeric metric outputs that describe a value rather than measure it (sample counts, dimensions): they label
+#: groups like config columns and are never averaged
+DESCRIPTOR_SUFFIXES = ("_n", "_dim", "_runs")
+#: config fields that are seeds: the only thing ``summarize`` pools over
+SEED_COLS = ["seed", "sample_seed"]
+
+
+def _config_fields() -> tuple[list[tuple[str, str, object]], list[tuple[str, str, object]]]:
+    """(column, field, default) of every TrainConfig and CellConfig field, read from the dataclasses themselves so a
+    new field reaches every table; the training ``steps`` is the column ``train_steps``."""
+    from .config import CellConfig, TrainConfig
+
+    def default(f):
+        return f.default if f.default is not dataclasses.MISSING else None
+
+    train = [("train_steps" if f.name == "steps" else f.name, f.name, default(f))
+             for f in dataclasses.fields(TrainConfig)]
+    cell = [(f.name, f.name, default(f)) for f in dataclasses.fields(CellConfig) if f.name not in ("train", "metrics")]
+    return train, cell
+
+
+def model_columns() -> list[str]:
+    """Config columns that identify a model (seeds excluded)."""
+    return [c for c, _, _ in _config_fields()[0] if c not in SEED_COLS]
+
+
+def config_columns() -> list[str]:
+    """Config columns that identify a cell (seeds excluded): the model's, then the sampling config's."""
+    train, cell = _config_fields()
+    return [c for c, _, _ in train + cell if c not in SEED_COLS]
+
+
+def is_descriptor(df: pd.DataFrame, col: str) -> bool:
+    """A metric output that labels a value (an extractor name, a mode, a sample count) instead of measuring it."""
+    numeric = pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])
+    return not numeric or col.endswith(DESCRIPTOR_SUFFIXES)
 
 
 def _choice_labels(dicts: list[dict], defaults=None) -> list[str]:
@@ -33,33 +73,31 @@ def _choice_labels(dicts: list[dict], defaults=None) -> list[str]:
 
 
 def records_frame(records: list[dict], registry=None) -> pd.DataFrame:
-    """One row per record: config columns, seed, every numeric metric, timings.
+    """One row per record: every config field as a column (plugin choices as labels), every metric output, timings.
 
-    With ``registry``, plugin columns leave out parameters at their registered default (a plugin no longer
-    installed shows every varying parameter)."""
+    Config columns come from the config dataclasses; a field an older record lacks takes its default. With
+    ``registry``, plugin columns leave out parameters at their registered default (a plugin no longer installed
+    shows every varying parameter)."""
     if not records:
         return pd.DataFrame()
+    train_fields, cell_fields = _config_fields()
     rows = []
     for r in records:
         c, t = r["config"], r["config"]["train"]
-        row = {"train_steps": t["steps"], "batch": t["batch"], "pool": t["pool"], "ranks": t.get("ranks", 1),
-               "conditional": t.get("conditional", False), "seed": t["seed"], "steps": c["steps"], "rho": c["rho"],
-               "label": c.get("label"), "n_samples": c["n_samples"], "cell_key": r["cell_key"],
-               "train_key": r["train_key"], "device": r.get("environment", {}).get("device")}
+        row = {col: t.get(name, default) for col, name, default in train_fields}
+        row.update({col: c.get(name, default) for col, name, default in cell_fields})
+        row.update({"cell_key": r["cell_key"], "train_key": r["train_key"],
+                    "device": r.get("environment", {}).get("device")})
         for k, v in r.get("metrics", {}).items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                row[k] = float(v)
-            else:
-                row[k] = v
+            row[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
         for k, v in r.get("timings", {}).items():
             row[k] = float(v)
         rows.append(row)
     df = pd.DataFrame(rows)
-    sources = {"dataset": lambda r: r["config"]["train"]["dataset"], "network": lambda r: r["config"]["train"]["network"],
-               "pairing": lambda r: r["config"]["train"]["pairing"], "sampler": lambda r: r["config"]["sampler"],
-               "guidance": lambda r: r["config"]["guidance"]}
-    for col, get in sources.items():
-        df[col] = _choice_labels([get(r) for r in records], _defaults_of(registry, col) if registry else None)
+    for col in CHOICE_COLS:
+        where = "train" if col in ("dataset", "network", "pairing") else None
+        dicts = [(r["config"]["train"] if where else r["config"])[col] for r in records]
+        df[col] = _choice_labels(dicts, _defaults_of(registry, col) if registry else None)
     return df
 
 
@@ -75,16 +113,34 @@ def _defaults_of(registry, kind: str):
     return defaults
 
 
+_BOOKKEEPING = {"cell_key", "train_key", "device", "experiment"}
+
+
 def metric_columns(df: pd.DataFrame) -> list[str]:
-    numeric = [c for c in df.columns if c not in CONFIG_COLS and c not in ("seed",) and c not in TIMING_COLS
-               and pd.api.types.is_numeric_dtype(df[c]) and not c.endswith("_seconds")]
+    """Every numeric metric output, a third party's included (not config, seeds, timings or descriptors)."""
+    skip = {*config_columns(), *SEED_COLS, *_BOOKKEEPING}
+    numeric = [c for c in df.columns if c not in skip and not c.endswith("_seconds") and not is_descriptor(df, c)]
     return [m for m in METRIC_ORDER if m in numeric] + sorted(m for m in numeric if m not in METRIC_ORDER)
 
 
+def descriptor_columns(df: pd.DataFrame) -> list[str]:
+    """Metric outputs that label values (extractor, mode, sample count, reference): grouped by, never averaged, so
+    values of different extractors, modes or sample counts never share a row."""
+    skip = {*config_columns(), *SEED_COLS, *_BOOKKEEPING}
+    return [c for c in df.columns if c not in skip and not c.endswith("_seconds") and is_descriptor(df, c)]
+
+
+def group_columns(df: pd.DataFrame) -> list[str]:
+    """What a row of a table is: every config column and descriptor; only seeds are pooled."""
+    return [c for c in [*config_columns(), *descriptor_columns(df)] if c in df.columns]
+
+
 def summarize(df: pd.DataFrame, metrics: list[str] | None = None, by: list[str] | None = None) -> pd.DataFrame:
-    """Mean, sd (ddof=1; 0 for one seed) and seed count per group of config columns; columns ``m``, ``m_sd``."""
+    """Mean, sd (ddof=1; 0 for one seed) and seed count per group; columns ``m``, ``m_sd``, ``seeds``.
+
+    ``by`` defaults to :func:`group_columns`: records that differ in anything but their seed are never pooled."""
     metrics = metrics if metrics is not None else metric_columns(df)
-    by = [c for c in (by or CONFIG_COLS) if c in df.columns]
+    by = [c for c in (by if by is not None else group_columns(df)) if c in df.columns]
     g = df.groupby(by, dropna=False, sort=False)
     mean = g[metrics].mean()
     sd = g[metrics].std(ddof=1).fillna(0.0).add_suffix("_sd")
@@ -105,7 +161,7 @@ def display_table(df: pd.DataFrame, metrics: list[str] | None = None, keep: tupl
     """Human table: config columns that vary (plus ``keep``), metrics as 'mean ± sd' over seeds."""
     metrics = metrics if metrics is not None else metric_columns(df)
     s = summarize(df, metrics)
-    cfg = [c for c in CONFIG_COLS if c in s.columns and (c in keep or s[c].astype(str).nunique() > 1)]
+    cfg = [c for c in group_columns(df) if c in s.columns and (c in keep or s[c].astype(str).nunique() > 1)]
     out = s[cfg].copy()
     for m in metrics:
         out[m] = [_fmt(a, b, n) for a, b, n in zip(s[m], s[f"{m}_sd"], s["seeds"])]

@@ -27,6 +27,7 @@ import torch
 from . import edm
 from .config import Choice, TrainConfig
 from .data import Splits
+from .datasets import check_bound, load_splits
 from .errors import UserError
 from .plugins import Registry
 from .pool import PoolSource, iter_pools
@@ -65,20 +66,6 @@ class TrainOptions:
     stop_signals: tuple | None = None
 
 
-_SPLITS: dict[tuple, Splits] = {}
-
-
-def load_splits(registry: Registry, choice: Choice) -> Splits:
-    """The dataset for a choice (cached per process: loading and feature nets are shared across cells)."""
-    key = (id(registry), choice)
-    if key not in _SPLITS:
-        try:
-            _SPLITS[key] = registry.get("dataset", choice.name).build(**choice.kwargs).load()
-        except (OSError, ValueError) as err:
-            raise UserError(f"dataset '{choice.name}': {err}") from None
-    return _SPLITS[key]
-
-
 def build_model(registry: Registry, cfg: TrainConfig, splits: Splits) -> edm.Precond:
     num_classes = splits.num_classes if cfg.conditional else 0
     if cfg.conditional and (splits.train_labels is None or splits.num_classes < 1):
@@ -91,6 +78,13 @@ def build_model(registry: Registry, cfg: TrainConfig, splits: Splits) -> edm.Pre
     except (ValueError, TypeError) as err:
         raise UserError(f"network '{cfg.network.name}' cannot take data of shape {splits.shape}: {err}") from None
     return edm.Precond(net, num_classes=num_classes)
+
+
+def _set_tf32(device: torch.device, precision: str) -> None:
+    """fp32 means fp32: TF32 matmuls and convolutions off on CUDA, as EDM's training loop sets them."""
+    if device.type == "cuda" and precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def _fresh_state(model, cfg):
@@ -138,7 +132,9 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
     opts = opts or TrainOptions()
     path = Path(path)
     splits = load_splits(registry, cfg.dataset)
+    check_bound(splits, cfg)
     device = torch.device(opts.device)
+    _set_tf32(device, cfg.precision)
     model = build_model(registry, cfg, splits).to(device).train()
     ema, opt = _fresh_state(model, cfg)
     step, timing, history = 0, {"train_seconds": 0.0, "pair_seconds": 0.0, "pair_wait_seconds": 0.0}, []

@@ -31,12 +31,14 @@ def sync():
 
 def train_throughput(registry, pairing: str, args, device: str) -> dict:
     from aotbench.config import TrainConfig, resolve
+    from aotbench.datasets import bind_data
     from aotbench.train import TrainOptions, train_model
 
     net = "ddpmpp" if not args.tiny else "ddpmpp:model_channels=16:channel_mult=1-2:num_blocks=1:attn_resolutions=8"
-    cfg = TrainConfig(dataset=resolve(registry, "dataset", f"uniform-images:n={args.n_data}"),
-                      network=resolve(registry, "network", net), pairing=resolve(registry, "pairing", pairing),
-                      steps=args.train_steps, batch=args.batch, pool=args.pool, precision="bf16", seed=0)
+    cfg = bind_data(registry, TrainConfig(
+        dataset=resolve(registry, "dataset", f"uniform-images:n={args.n_data}"),
+        network=resolve(registry, "network", net), pairing=resolve(registry, "pairing", pairing),
+        steps=args.train_steps, batch=args.batch, pool=args.pool, precision="bf16", seed=0))
     stamps = []
 
     def on_step(step, loss):
@@ -83,12 +85,14 @@ def inception_throughput(args, device: str) -> list[dict]:
 def sampling_time(registry, args, device: str) -> dict:
     from aotbench.config import CellConfig, TrainConfig, resolve
     from aotbench.evaluate import EvalContext
-    from aotbench.train import build_model, load_splits
+    from aotbench.datasets import bind_data, load_splits
+    from aotbench.train import build_model
 
     net = "ddpmpp" if not args.tiny else "ddpmpp:model_channels=16:channel_mult=1-2:num_blocks=1:attn_resolutions=8"
-    train = TrainConfig(dataset=resolve(registry, "dataset", f"uniform-images:n={args.n_data}"),
-                        network=resolve(registry, "network", net), pairing=resolve(registry, "pairing", "none"),
-                        batch=args.batch, pool=args.pool)
+    train = bind_data(registry, TrainConfig(
+        dataset=resolve(registry, "dataset", f"uniform-images:n={args.n_data}"),
+        network=resolve(registry, "network", net), pairing=resolve(registry, "pairing", "none"),
+        batch=args.batch, pool=args.pool))
     splits = load_splits(registry, train.dataset)
     model = build_model(registry, train, splits).to(device).eval()
     cell = CellConfig(train=train, sampler=resolve(registry, "sampler", "heun"),

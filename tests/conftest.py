@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from aotbench.config import TrainConfig, resolve
+from aotbench.datasets import bind_data
 from aotbench.plugins import Component, Registry, get_registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,9 +31,9 @@ def tiny_train(registry, **kw) -> TrainConfig:
     """A 2-D training config that runs in about a second."""
     base = dict(dataset="moons", network="mlp:width=64:depth=2", pairing="aot", seed=0, steps=60, batch=64, pool=256)
     base.update(kw)
-    return TrainConfig(dataset=resolve(registry, "dataset", base.pop("dataset")),
-                       network=resolve(registry, "network", base.pop("network")),
-                       pairing=resolve(registry, "pairing", base.pop("pairing")), **base)
+    return bind_data(registry, TrainConfig(dataset=resolve(registry, "dataset", base.pop("dataset")),
+                                           network=resolve(registry, "network", base.pop("network")),
+                                           pairing=resolve(registry, "pairing", base.pop("pairing")), **base))
 
 
 def run_cli(*args, env=None, cwd=None, timeout=600) -> subprocess.CompletedProcess:

@@ -16,7 +16,8 @@ import torch
 
 from aotbench.plugins import Component
 from aotbench.pool import PoolSource
-from aotbench.train import Interrupted, TrainOptions, load_splits, train_model
+from aotbench.datasets import load_splits
+from aotbench.train import Interrupted, TrainOptions, train_model
 from conftest import REPO, tiny_train, with_components
 
 SMALL = dict(network="mlp:width=32:depth=1", steps=60, batch=64, pool=64, ranks=2)  # per-rank batch 32, 2 per pool

@@ -36,8 +36,10 @@ def test_a_record_round_trips(registry, tmp_path):
     assert todo == 1
     rec = read_records(tmp_path / "exp")[0]
     assert rec == records[0]
-    cell = CellConfig.from_dict(rec["config"])
-    assert cell == cells[0] and cell.key == rec["cell_key"] and cell.train.key == rec["train_key"]
+    cell = CellConfig.from_dict(rec["config"])  # the record's config is the cell's identity: metrics are outputs
+    assert cell.with_(metrics=cells[0].metrics) == cells[0]
+    assert cell.key == cells[0].key == rec["cell_key"] and cell.train.key == rec["train_key"]
+    assert set(rec["metric_params"]) == {m.name for m in cells[0].metrics}
     assert set(rec["metrics"]) >= {"nfe", "fd", "fd_extractor", "w2", "curvature", "trunc_err"}
     assert rec["metrics"]["nfe"] == 3 and rec["metrics"]["fd_extractor"] == "raw-2d"
     assert {"train_seconds", "pair_seconds", "sample_seconds"} <= set(rec["timings"])

@@ -11,6 +11,7 @@ import torch
 from aotbench.edm import karras_sigmas
 from aotbench.errors import UserError
 from aotbench.evaluate import EvalContext
+from aotbench.seeds import PerSampleNoise
 from aotbench.config import CellConfig, resolve
 from aotbench.data import Splits
 from analytic import GaussianDenoiser, exact_solution
@@ -26,7 +27,7 @@ def endpoint_error(registry, sampler, steps, sigma_min=0.5, rho=7.0, **params):
     sig = karras_sigmas(steps, sigma_min, 80.0, rho)[:-1]  # end at sigma_min, not 0: pure ODE order
     x_t = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80.0
     d = GaussianDenoiser(MU, S)
-    x = fn(lambda x, s: d(x, s), x_t.clone(), sig)
+    x = fn(lambda x, s, **_: d(x, s), x_t.clone(), sig)
     return float((x - exact_solution(x_t, 80.0, sigma_min, MU, S)).abs().max())
 
 
@@ -51,7 +52,7 @@ def test_heun_ends_with_an_euler_step_to_zero(registry):
     seen = []
     d = GaussianDenoiser(MU, S)
 
-    def denoise(x, s):
+    def denoise(x, s, **_):
         seen.append(float(s))
         return d(x, s)
 
@@ -100,9 +101,9 @@ def test_curvature_matches_a_direct_computation_on_a_stored_trajectory(registry)
     got = registry.get("metric", "curvature").build().compute(ctx)["curvature"]
     sig = karras_sigmas(64, 0.002, 80.0, 7.0)
     xs, ds = [], []
-    sample_heun(lambda x, s: d(x, s), ctx.noise.double() * 80.0, sig,
+    sample_heun(lambda x, s, **_: d(x, s), ctx.noise.double() * 80.0, sig,
                 callback=lambda info: (xs.append(info["x"]), ds.append(info["denoised"])))
-    x_end = sample_heun(lambda x, s: d(x, s), ctx.noise.double() * 80.0, sig)
+    x_end = sample_heun(lambda x, s, **_: d(x, s), ctx.noise.double() * 80.0, sig)
     chord = (xs[0] - x_end) / 80.0
     total = torch.zeros(20, dtype=torch.float64)
     for i in range(64):
@@ -151,9 +152,9 @@ def test_edm_stochastic_without_churn_equals_heun_exactly(registry):
     x = torch.randn(32, 3, generator=torch.Generator().manual_seed(1)) * 80
     d = GaussianDenoiser(MU, S)
     sig = karras_sigmas(9)
-    heun = registry.get("sampler", "heun").build()(lambda x, s: d(x, s), x.clone(), sig)
+    heun = registry.get("sampler", "heun").build()(lambda x, s, **_: d(x, s), x.clone(), sig)
     stoch = registry.get("sampler", "edm-stochastic").build(s_churn=0.0)(
-        lambda x, s: d(x, s), x.clone(), sig, generator=torch.Generator().manual_seed(0))
+        lambda x, s, **_: d(x, s), x.clone(), sig, noise_sampler=PerSampleNoise(range(32), "t"))
     assert torch.equal(heun, stoch)
 
 
@@ -162,10 +163,10 @@ def test_edm_stochastic_with_churn_is_seeded_and_still_samples_the_target(regist
     fn = comp.build(**comp.resolve({"s_churn": 10.0, "s_min": 0.05, "s_max": 50.0}))
     d = GaussianDenoiser(MU, S)
     x = torch.randn(4000, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 80
-    a = fn(lambda x, s: d(x, s), x.clone(), karras_sigmas(64), generator=torch.Generator().manual_seed(0))
-    b = fn(lambda x, s: d(x, s), x.clone(), karras_sigmas(64), generator=torch.Generator().manual_seed(0))
+    a = fn(lambda x, s, **_: d(x, s), x.clone(), karras_sigmas(64), noise_sampler=PerSampleNoise(range(4000), "t"))
+    b = fn(lambda x, s, **_: d(x, s), x.clone(), karras_sigmas(64), noise_sampler=PerSampleNoise(range(4000), "t"))
     assert torch.equal(a, b)
-    assert not torch.equal(a, registry.get("sampler", "heun").build()(lambda x, s: d(x, s), x.clone(), karras_sigmas(64)))
+    assert not torch.equal(a, registry.get("sampler", "heun").build()(lambda x, s, **_: d(x, s), x.clone(), karras_sigmas(64)))
     assert a.mean().item() == pytest.approx(MU, abs=0.03) and a.std().item() == pytest.approx(S, rel=0.03)
 
 
@@ -183,7 +184,7 @@ def test_rk45_reaches_the_exact_solution_within_tolerance(registry):
     fn = comp.build(**comp.resolve({"rtol": 1e-6, "atol": 1e-6}))
     d = GaussianDenoiser(MU, S)
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 80
-    out = fn(lambda x, s: d(x, s), x.clone(), karras_sigmas(18))
+    out = fn(lambda x, s, **_: d(x, s), x.clone(), karras_sigmas(18))
     exact = d(exact_solution(x, 80.0, 0.002, MU, S), 0.002)
     assert float((out - exact).abs().max()) < 1e-4
 

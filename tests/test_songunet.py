@@ -9,7 +9,8 @@ import torch
 
 from aotbench import cli
 from aotbench.config import TrainConfig, resolve
-from aotbench.train import TrainOptions, build_model, load_splits, train_model
+from aotbench.datasets import bind_data, load_splits
+from aotbench.train import TrainOptions, build_model, train_model
 from aotbench_plugins.networks.songunet import (Conv2d, DDPMpp, FourierEmbedding, NCSNpp, PositionalEmbedding,
                                                 UNetBlock)
 from conftest import run_cli
@@ -140,10 +141,10 @@ def test_list_shows_parameter_counts(capsys):
 
 
 def test_a_tiny_ddpmpp_with_augmentation_trains_in_the_engine(registry, tmp_path):
-    cfg = TrainConfig(dataset=resolve(registry, "dataset", "digits"),
-                      network=resolve(registry, "network", {"name": "ddpmpp", **TINY, "augment_dim": 9}),
-                      pairing=resolve(registry, "pairing", "aot"), seed=0, steps=40, batch=32, pool=64,
-                      lr=2e-3, augment_p=0.12)
+    cfg = bind_data(registry, TrainConfig(
+        dataset=resolve(registry, "dataset", "digits"),
+        network=resolve(registry, "network", {"name": "ddpmpp", **TINY, "augment_dim": 9}),
+        pairing=resolve(registry, "pairing", "aot"), seed=0, steps=40, batch=32, pool=64, lr=2e-3, augment_p=0.12))
     torch.manual_seed(0)
     ckpt = train_model(registry, cfg, tmp_path / "m.pt", TrainOptions(progress=False, pair_workers=0, log_every=10))
     losses = [loss for _, loss in ckpt["history"]]

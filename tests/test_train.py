@@ -173,3 +173,16 @@ def test_checkpoints_are_written_atomically(registry, tmp_path, monkeypatch):
         storage.atomic_write_bytes(path, b"partial")
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_fp32_training_on_cuda_turns_tf32_off_as_edm_does():
+    from aotbench.train import _set_tf32
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        for precision, want in (("bf16", True), ("fp32", False)):
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            _set_tf32(torch.device("cuda"), precision)
+            assert torch.backends.cuda.matmul.allow_tf32 is want and torch.backends.cudnn.allow_tf32 is want
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

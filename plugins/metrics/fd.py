@@ -1,7 +1,9 @@
 """``fd``: Frechet distance in the dataset's own feature space (fast on a CPU; raw coordinates for 2-D data).
 
 The reference is the train split, as EDM's FID uses the training set. Numbers from different extractors are never
-comparable, so the extractor's name is recorded beside the value (``fd_extractor``).
+comparable, so the extractor's name is recorded beside the value (``fd_extractor``), with the sample count
+(``fd_n``), the feature dimension (``fd_dim``), the reference (``fd_ref``: the train split's data fingerprint) and
+a flag for a rank-deficient sample covariance (``fd_rank_deficient``: n <= dim, which biases FD upward).
 """
 
 from aotbench import hookimpl
@@ -12,8 +14,14 @@ class FD:
     """Frechet distance to the train split in the dataset's domain features (labeled with its extractor)."""
 
     def compute(self, ctx):
-        value = frechet_from_features(ctx.features(ctx.samples), ctx.reference_features)
-        return {"fd": value, "fd_extractor": ctx.splits.features.name}
+        feats = ctx.features(ctx.samples)
+        n, dim = feats.shape
+        if n <= dim:
+            ctx.warn(f"fd: {n} samples <= {dim} feature dimensions: the sample covariance is rank-deficient and FD "
+                     f"is biased upward; use more samples")
+        value = frechet_from_features(feats, ctx.reference_features)
+        return {"fd": value, "fd_extractor": ctx.splits.features.name, "fd_n": n, "fd_dim": dim,
+                "fd_ref": f"train:{ctx.splits.fingerprint}", "fd_rank_deficient": n <= dim}
 
 
 @hookimpl

@@ -1,7 +1,8 @@
 """``curvature`` and ``trunc_err``: properties of the model's probability-flow ODE, from a fine reference solve.
 
-The reference is Heun with 64 steps at rho = 7 (127 NFE) from the cell's own noise, through the cell's (guided)
-denoiser, computed once per model, seed and guidance and shared by every cell.
+The reference is Heun with 64 steps at rho = 7 (127 NFE) from the cell's own noise and labels, through the cell's
+(guided) denoiser, computed once per :func:`aotbench.identity.reference_key` (model, sample set, labels, guidance,
+sigma range) and shared by every cell with that key.
 
 - curvature = E_samples sum_i (sigma_i - sigma_{i+1}) / sigma_0 * ||d_i - c||^2 / ||c||^2, with d_i =
   (x_i - D(x_i; sigma_i)) / sigma_i the ODE slope dx/dsigma and c = (x_0 - x_N) / (sigma_0 - sigma_N) the chord
@@ -17,6 +18,7 @@ import torch
 
 from aotbench import hookimpl
 from aotbench.edm import karras_sigmas
+from aotbench.identity import reference_key
 from aotbench_plugins.samplers.heun import sample_heun
 
 REFERENCE_STEPS, REFERENCE_RHO, KEEP = 64, 7.0, 8
@@ -56,8 +58,7 @@ def reference(ctx) -> dict:
         return {"final": x_final, "curvature": float(per_sample.mean()), "nfe": nfe,
                 "keep_x": keep_x, "keep_denoised": keep_d, "sigmas": sigmas}
 
-    key = ("reference", cell.guidance, cell.sigma_min, cell.sigma_max)
-    ref = ctx.memo(key, solve)
+    ref = ctx.memo(("reference", reference_key(cell)), solve)
     ctx.artifacts.update({"trajectory_x": ref["keep_x"].numpy(), "trajectory_denoised": ref["keep_denoised"].numpy(),
                           "trajectory_sigmas": ref["sigmas"].numpy()})
     return ref

@@ -3,8 +3,10 @@
 import warnings
 
 import numpy as np
+import torch
 
 from aotbench import hookimpl
+from aotbench.seeds import generator
 
 
 def wasserstein2(x, y, num_iter_max: int = 10_000_000) -> float:
@@ -24,7 +26,8 @@ def wasserstein2(x, y, num_iter_max: int = 10_000_000) -> float:
 
 
 class W2:
-    """Exact W2 (POT emd2) between up to max_n samples and up to max_n held-out points."""
+    """Exact W2 (POT emd2) between up to max_n samples and up to max_n held-out points, each a seeded random subset
+    (the held-out split may be ordered, e.g. by class, so its first rows are not a sample of it)."""
 
     def __init__(self, *, max_n: int = 5000):
         if not 2 <= max_n <= 20000:
@@ -32,7 +35,10 @@ class W2:
         self.max_n = max_n
 
     def compute(self, ctx):
-        return {"w2": wasserstein2(ctx.samples[: self.max_n], ctx.splits.heldout[: self.max_n])}
+        x, y = ctx.samples, ctx.splits.heldout
+        pick_x = torch.randperm(len(x), generator=generator("w2-samples", ctx.cell.sample_seed))[: self.max_n]
+        pick_y = torch.randperm(len(y), generator=generator("w2-heldout", ctx.cell.sample_seed))[: self.max_n]
+        return {"w2": wasserstein2(x[pick_x], y[pick_y]), "w2_n": len(pick_x), "w2_ref_n": len(pick_y)}
 
 
 @hookimpl

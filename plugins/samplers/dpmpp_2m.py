@@ -10,7 +10,7 @@ import math
 from aotbench import hookimpl
 
 
-def sample_dpmpp_2m(denoise, x, sigmas, *, generator=None, callback=None):
+def sample_dpmpp_2m(denoise, x, sigmas, *, noise_sampler=None, callback=None):
     """Multistep 2nd-order DPM-Solver++ on the EDM schedule; the step to sigma = 0 returns the denoiser output."""
     old_denoised, h_last = None, None
     for i in range(len(sigmas) - 1):

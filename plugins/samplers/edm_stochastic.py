@@ -12,7 +12,7 @@ import torch
 from aotbench import hookimpl
 
 
-def sample_edm_stochastic(denoise, x, sigmas, *, generator=None, callback=None, s_churn: float = 0.0,
+def sample_edm_stochastic(denoise, x, sigmas, *, noise_sampler=None, callback=None, s_churn: float = 0.0,
                           s_min: float = 0.0, s_max: float = 1000.0, s_noise: float = 1.0):
     """EDM Algorithm 2 with S_churn, S_min, S_max (1000 stands for EDM's infinity), S_noise."""
     n = len(sigmas) - 1
@@ -22,7 +22,7 @@ def sample_edm_stochastic(denoise, x, sigmas, *, generator=None, callback=None, 
         gamma = gamma_max if s_min <= float(s) <= s_max else 0.0
         s_hat = s * (1 + gamma)
         if gamma > 0:
-            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            eps = noise_sampler(x) if noise_sampler is not None else torch.randn_like(x)
             x = x + (s_hat**2 - s**2).sqrt() * s_noise * eps
         denoised = denoise(x, s_hat)
         if callback is not None:
@@ -30,7 +30,7 @@ def sample_edm_stochastic(denoise, x, sigmas, *, generator=None, callback=None, 
         d = (x - denoised) / s_hat
         x_next = x + (s_next - s_hat) * d
         if s_next > 0:
-            d_next = (x_next - denoise(x_next, s_next)) / s_next
+            d_next = (x_next - denoise(x_next, s_next, stage=1)) / s_next
             x_next = x + (s_next - s_hat) * (d + d_next) / 2
         x = x_next
     return x

@@ -3,7 +3,7 @@
 from aotbench import hookimpl
 
 
-def sample_euler(denoise, x, sigmas, *, generator=None, callback=None):
+def sample_euler(denoise, x, sigmas, *, noise_sampler=None, callback=None):
     """Euler steps along the EDM schedule (x = noise * sigmas[0]); one evaluation per step."""
     for i in range(len(sigmas) - 1):
         denoised = denoise(x, sigmas[i])

@@ -7,7 +7,7 @@ the last step to sigma = 0, which stays Euler (the slope at sigma = 0 is undefin
 from aotbench import hookimpl
 
 
-def sample_heun(denoise, x, sigmas, *, generator=None, callback=None):
+def sample_heun(denoise, x, sigmas, *, noise_sampler=None, callback=None):
     """Heun steps along the EDM schedule; the final step to sigma=0 is an Euler step."""
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
@@ -17,7 +17,7 @@ def sample_heun(denoise, x, sigmas, *, generator=None, callback=None):
         d = (x - denoised) / s
         x_next = x + (s_next - s) * d
         if s_next > 0:
-            d_next = (x_next - denoise(x_next, s_next)) / s_next
+            d_next = (x_next - denoise(x_next, s_next, stage=1)) / s_next
             x_next = x + (s_next - s) * (d + d_next) / 2
         x = x_next
     return x
