@@ -31,7 +31,8 @@ def test_recipe_matches_the_paper(path, registry, tmp_path, monkeypatch):
         assert grid["pairing"] == want["pairing"] and grid["pool"] == want["pool"]
         assert grid["batch"] == 256 and grid["ranks"] == 4 and grid["conditional"] == want["conditional"]
         assert grid["train_mimg"] == 200 and "train_steps" not in grid  # EDM's duration, in its own unit
-        assert grid["augment_p"] == 0.12 and grid["network"].startswith("ddpmpp")
+        assert grid["augment_p"] == 0.12 and grid["network"].startswith("ncsnpp")  # EDM-AOT: --arch ncsnpp
+        assert "resize=edm" in " ".join(grid["metrics"])  # FID as EDM's fid.py computes it
         assert grid["n_samples"] == 50000 and "seed_ranges=3" in " ".join(grid["metrics"])
     assert want["rho_steps"] <= {(g["rho"], g["steps"]) for g in spec.grids}
     assert spec.train.gpus_per_node == 4 and spec.train.ddp
