@@ -1,6 +1,6 @@
 """Building blocks shared by pairing plugins: cost matrices, per-class blocks, total cost.
 
-Costs (DESIGN.md): ``"l2"`` is the plain Euclidean distance ||x - z|| (the paper's ``torch.cdist``); ``"sqeuclidean"``
+Costs: ``"l2"`` is the plain Euclidean distance ||x - z|| (the paper's ``torch.cdist``); ``"sqeuclidean"``
 is ||x - z||^2 (W2's ground cost, and torchcfm's). They give different optimal permutations for pools of a few
 hundred and more.
 """

@@ -3,7 +3,7 @@
 Each training image is augmented with probability ``p`` (times a per-transform multiplier), and the network is told
 what was done through a vector of *augmentation labels*; at sampling time the labels are zero (no augmentation), so
 the augmentations do not leak into the generated distribution. The engine applies the pipe to each training pool
-*before* pairing (DESIGN.md, "Training"); give the network ``augment_dim=9`` (``ddpmpp``/``ncsnpp``) so that it sees
+*before* pairing; give the network ``augment_dim=9`` (``ddpmpp``/``ncsnpp``) so that it sees
 the labels.
 
 The CIFAR-10 configuration of EDM (``--augment=0.12``) is the default: x-flip (multiplier 1e8, i.e. always "tried",

@@ -1,6 +1,6 @@
 """The training engine: EDM loss on AOT-paired pools, EMA, atomic checkpoints and exact resume.
 
-One cycle per pool (DESIGN.md, "Training"): draw a pool of P samples and P standard-normal noises, pair them once
+One cycle per pool: draw a pool of P samples and P standard-normal noises, pair them once
 with the pairing plugin, then consume the pool in P/b optimizer steps (b = per-rank batch), drawing each sample's
 sigma after pairing. Pools are paired ahead in a background worker (:func:`aotbench.pool.iter_pools`).
 
