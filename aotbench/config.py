@@ -1,9 +1,10 @@
 """Configurations of a trained model (:class:`TrainConfig`) and of an evaluated cell (:class:`CellConfig`).
 
-A cell is a pure function of its config: the config is hashed into ``train_key`` (the model cache) and ``cell_key``
-(the record file), so any launcher can run any cell, in any order, twice, with the same record. Plugin choices are
-written ``name`` or ``name:key=value:key=value`` on the command line and resolved against the plugin's signature
-(defaults filled in) before hashing.
+A cell is a pure function of its config and its data: the training config (with its data fingerprint) is hashed
+into ``train_key`` (the model cache) and the cell's sampling config with it into ``cell_key`` (the record file), as
+:mod:`aotbench.identity` defines, so any launcher can run any cell, in any order, twice, with the same record.
+Plugin choices are written ``name`` or ``name:key=value:key=value`` on the command line and resolved against the
+plugin's signature (defaults filled in) before hashing.
 """
 
 from __future__ import annotations

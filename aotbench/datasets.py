@@ -2,6 +2,7 @@
 
 Whatever a plugin returns passes through :func:`load_splits` once per process:
 
+- non-finite values and labels that do not fit the data are refused in one line naming the plugin;
 - class labels are mapped to 0..K-1 in sorted order of the values the data has (``Splits.classes`` keeps the
   values), so a dataset labelled {0, 5} has two classes, not six;
 - the content is fingerprinted (:func:`aotbench.identity.data_fingerprint`), and the fingerprint becomes part of
@@ -23,6 +24,24 @@ from .plugins import Registry
 _SPLITS: dict[tuple, Splits] = {}
 
 
+def _check(splits: Splits, who: str) -> None:
+    """Refuse what no plugin may hand the engine: non-finite values, labels that do not match the data."""
+    for part in ("train", "heldout"):
+        x = getattr(splits, part)
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
+            raise UserError(f"dataset {who}: {part} must be a non-empty float tensor [N, *S]")
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise UserError(f"dataset {who}: {part} holds {bad} non-finite value(s) (NaN or inf)")
+        labels = getattr(splits, f"{part}_labels")
+        if labels is not None and (labels.shape != (len(x),) or labels.is_floating_point() or
+                                   (len(labels) and int(labels.min()) < 0)):
+            raise UserError(f"dataset {who}: {part}_labels must be {len(x)} integer labels >= 0")
+    if splits.train.shape[1:] != splits.heldout.shape[1:]:
+        raise UserError(f"dataset {who}: train {tuple(splits.train.shape[1:])} and held-out "
+                        f"{tuple(splits.heldout.shape[1:])} samples differ in shape")
+
+
 def _map_labels(splits: Splits) -> Splits:
     """Labels as 0..K-1 over the sorted values present in either split; features rebuilt on the mapped labels."""
     if splits.train_labels is None:
@@ -40,10 +59,12 @@ def load_splits(registry: Registry, choice: Choice) -> Splits:
     """The dataset of a choice, labels mapped and fingerprinted (cached per process and registry)."""
     key = (id(registry), choice)
     if key not in _SPLITS:
+        comp = registry.get("dataset", choice.name)
         try:
-            splits = registry.get("dataset", choice.name).build(**choice.kwargs).load()
+            splits = comp.build(**choice.kwargs).load()
         except (OSError, ValueError) as err:
             raise UserError(f"dataset '{choice.name}': {err}") from None
+        _check(splits, f"'{choice.name}' (from {comp.distribution})")
         splits = _map_labels(splits)
         splits.fingerprint = identity.data_fingerprint(splits)
         _SPLITS[key] = splits

@@ -297,3 +297,28 @@ def test_values_of_different_extractors_are_never_pooled(registry):
              "metrics": {"fd": float(i), "fd_extractor": name}} for i, name in enumerate(["a", "b"])]
     s = summarize(records_frame(recs))
     assert sorted(s["fd_extractor"]) == ["a", "b"] and s["seeds"].tolist() == [1, 1]
+
+
+# -- what any dataset plugin hands the engine is checked --------------------------------------------------------------
+
+class NaNDigits:
+    """A third party's dataset with one bad pixel."""
+
+    def __init__(self, *, value: str = "nan"):
+        self.value = float(value)
+
+    def load(self):
+        from aotbench.data import Splits
+
+        x = torch.zeros(20, 1, 4, 4)
+        x[3, 0, 1, 1] = self.value
+        return Splits("nan-digits", x[:16], x[16:])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_data_from_any_plugin_is_refused_in_one_line(registry, value):
+    from aotbench.errors import UserError
+
+    plugged = with_components(registry, Component("dataset", "nan-digits", NaNDigits, "thirdparty", "thirdparty"))
+    with pytest.raises(UserError, match=r"'nan-digits' \(from thirdparty\): train holds 1 non-finite value"):
+        datasets.load_splits(plugged, resolve(plugged, "dataset", f"nan-digits:value={value}"))
