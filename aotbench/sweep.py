@@ -74,7 +74,11 @@ only what is missing and evaluates nothing twice. Then:
    a model already cached has no dependency. Locally, a model's cells start as soon as it is trained.
 
 The submitted job ids are kept in ``RESULTS/EXPERIMENT/jobs/sweep.json``; ``--status`` reads it and asks the
-launcher (``squeue``/``sacct``) which jobs still run and which failed, with the failed job's error and log.
+launcher (``squeue``/``sacct``) which jobs still run and which failed, with the failed job's error and log. Each
+job writes how it ended (state, error line, timings) to ``jobs/<job id>_<task>_outcome.json``; the sweep reads
+only these JSON files, never submitit's result pickles (unpickling a file of a shared folder runs its code).
+Ctrl-C stops the sweep, not its jobs (local jobs ignore the terminal's SIGINT): it says how many still run, and
+rerunning the same command adopts them.
 Before submitting to SLURM, the request is checked against ``sinfo``: an unknown partition, or more CPUs, GPUs,
 memory or time than the partition's nodes have, is refused in one line.
 
@@ -112,6 +116,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -301,6 +306,75 @@ def _hand_over_to_submitit(err: Exception) -> None:
     raise err
 
 
+#: the states a job function writes to its outcome file
+OUTCOME_STATES = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def outcome_path(folder: Path, job_id: str, task: int = 0) -> Path:
+    """Where a job function writes its outcome, next to submitit's files of that job and task."""
+    return Path(folder) / f"{job_id}_{task}_outcome.json"
+
+
+def _outcome_target() -> Path | None:
+    """This job's outcome file, or None outside a submitit job that has a folder (a plain call; the debug launcher,
+    whose jobs run in the sweep's own process and report there)."""
+    folder = os.environ.get("SUBMITIT_FOLDER")
+    if not folder:
+        return None
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:  # no submitit environment is active
+        return None
+    if env.cluster == "debug":
+        return None
+    return outcome_path(Path(folder), env.job_id, env.global_rank)
+
+
+def _write_outcome(path: Path | None, stage: str, state: str, error: str, t0: float, started: str) -> None:
+    from .storage import atomic_write_json
+
+    if path is None:
+        return
+    try:
+        atomic_write_json(path, {"format": "aotbench-job-outcome-v1", "stage": stage, "state": state,
+                                 "error": error, "started": started, "ended": _now(),
+                                 "seconds": round(time.time() - t0, 3)})
+    except OSError as err:  # the job's own outcome must not be masked by a full disk
+        print(f"aotbench: cannot write the job outcome {path}: {err}", file=sys.stderr, flush=True)
+
+
+def _with_outcome(stage: str, fn: Callable[[dict], dict], payload: dict) -> dict:
+    """Run a job function and write how it ended as JSON (state, one error line, timings) next to submitit's files.
+
+    The orchestrator reads only this file, never submitit's result pickle: a results folder is shared, and
+    unpickling a file anyone can write there runs their code as whoever asks for the status. An exception is
+    recorded and re-raised, so that submitit still sees the failure. A SystemExit is the preemption path (submitit
+    requeues the job and exits): the job has not ended, so nothing is written."""
+    path, t0, started = _outcome_target(), time.time(), _now()
+    try:
+        out = fn(payload)
+    except SystemExit:
+        raise
+    except BaseException as err:
+        state = "CANCELLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        _write_outcome(path, stage, state, _error_line(err), t0, started)
+        raise
+    _write_outcome(path, stage, "COMPLETED", "", t0, started)
+    return out
+
+
+def _error_line(err: BaseException) -> str:
+    import traceback
+
+    return _printable(_last_error_line("".join(traceback.format_exception_only(type(err), err))))
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """One line of at most ``limit`` printable characters: what a job (or a file in a shared folder) reports is
+    shown in a terminal, where control characters would be interpreted."""
+    return "".join(ch if ch.isprintable() else "?" for ch in " ".join(str(text).split()))[:limit]
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """Job function of the train stage: ``train_job({"train": TrainConfig dict, "results": dir, "options": {}})``.
 
@@ -310,6 +384,9 @@ class TrainJob(submitit.helpers.Checkpointable):
     """
 
     def __call__(self, payload: dict) -> dict:
+        return _with_outcome("train", self._train, payload)
+
+    def _train(self, payload: dict) -> dict:
         from . import distributed
         from .config import TrainConfig
         from .plugins import get_registry
@@ -343,6 +420,9 @@ class EvalJob(submitit.helpers.Checkpointable):
     skipped, so a requeued job continues with the cells it had not finished."""
 
     def __call__(self, payload: dict) -> dict:
+        return _with_outcome("eval", self._eval, payload)
+
+    def _eval(self, payload: dict) -> dict:
         from .config import CellConfig
         from .plugins import get_registry
         from .records import Workspace
@@ -433,16 +513,49 @@ def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def _expand_ids(job_id: str) -> list[str]:
-    """``12_[0-2,5%2]`` -> 12_0 12_1 12_2 12_5; plain ids are kept."""
+def _matching_ids(job_id: str, wanted: set[str]) -> list[str]:
+    """The ids of ``wanted`` that ``job_id`` names: ``12_[0-2,5%2]`` names 12_0 12_1 12_2 12_5, a plain id itself.
+    A range costs at most one pass over ``wanted``, however large it is."""
     m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(%\d+)?\]", job_id)
     if not m:
-        return [job_id]
-    out = []
+        return [job_id] if job_id in wanted else []
+    base, out = m.group(1), []
     for part in m.group(2).split(","):
         lo, _, hi = part.partition("-")
-        out += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+        if not lo.isdigit() or not (hi.isdigit() or not hi):
+            continue
+        lo, hi = int(lo), int(hi or lo)
+        if hi - lo < len(wanted):
+            out += [j for i in range(lo, hi + 1) if (j := f"{base}_{i}") in wanted]
+        else:
+            out += [j for j in wanted if j.partition("_")[0] == base and j.partition("_")[2].isdigit()
+                    and lo <= int(j.partition("_")[2]) <= hi]
     return out
+
+
+def parse_sacct(text: str, wanted: set[str]) -> dict[str, str]:
+    """``sacct -X -n -P -o JobID,State`` lines -> state of each wanted id; ``CANCELLED by 0`` is CANCELLED, a blank
+    or garbled line is skipped."""
+    states = {}
+    for line in text.splitlines():
+        jid, sep, st = line.partition("|")
+        if not sep:
+            continue
+        for j in _matching_ids(jid.strip(), wanted):
+            states[j] = st.split()[0] if st.split() else "UNKNOWN"
+    return states
+
+
+def parse_squeue(text: str, wanted: set[str]) -> dict[str, str]:
+    """``squeue -h -r -o %i|%T`` lines -> state of each wanted id (a job squeue lists without a state is PENDING)."""
+    states = {}
+    for line in text.splitlines():
+        jid, sep, st = line.partition("|")
+        if not sep:
+            continue
+        for j in _matching_ids(jid.strip(), wanted):
+            states[j] = st.split()[0] if st.split() else "PENDING"
+    return states
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -456,18 +569,10 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     try:
         out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(bases)])
         if out.returncode == 0:
-            for line in out.stdout.splitlines():
-                jid, _, st = line.partition("|")
-                for j in _expand_ids(jid.strip()):
-                    if j in wanted:
-                        states[j] = st.split()[0] if st.split() else "UNKNOWN"
+            states.update(parse_sacct(out.stdout, wanted))
         out = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-u", getpass.getuser()])
         if out.returncode == 0:
-            for line in out.stdout.splitlines():
-                jid, _, st = line.partition("|")
-                for j in _expand_ids(jid.strip()):
-                    if j in wanted:
-                        states[j] = st.strip() or "PENDING"
+            states.update(parse_squeue(out.stdout, wanted))
     except (OSError, subprocess.TimeoutExpired):
         pass
     return states
@@ -482,24 +587,46 @@ def _pid_alive(pid: str) -> bool:
     return "zombie" not in status.split("State:", 1)[-1].splitlines()[0] and b"submitit" in cmdline
 
 
+def _plain_id(job_id) -> bool:
+    """Whether a job id from sweep.json can name files in the jobs folder (and no file outside it)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(job_id)))
+
+
+def read_outcome(folder: Path, job_id: str, task: int = 0) -> dict | None:
+    """The outcome a job function wrote (``{"state", "error", ...}``, see ``_with_outcome``), or None when there
+    is none or it is unreadable. Only JSON is read: submitit's result pickles are never loaded, since anyone who
+    can write to a shared results folder could plant one that runs code when unpickled."""
+    from .storage import read_json
+
+    if not _plain_id(job_id):
+        return None
+    path = outcome_path(folder, job_id, task)
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:  # not a FIFO to block on, nor a huge file
+            return None
+        d = read_json(path)
+    except (OSError, UnicodeDecodeError, UserError):
+        return None
+    if not isinstance(d, dict) or d.get("state") not in OUTCOME_STATES:
+        return None
+    return {**d, "error": _printable(d.get("error") or "")}
+
+
 def job_states(jobs: list[JobRecord], folder: Path) -> dict[str, str]:
-    """``job_id -> state`` for recorded jobs: SLURM's state names; local jobs RUNNING while their process lives,
-    else COMPLETED or FAILED from submitit's result file."""
+    """``job_id -> state`` for recorded jobs: SLURM's state names (from squeue/sacct; a job they do not know, from
+    its outcome file); local jobs RUNNING while their process lives, else the state of their outcome file, LOST
+    without one."""
     states = slurm_states([j.job_id for j in jobs if j.launcher == "slurm"])
     for j in jobs:
-        if j.launcher == "slurm":
+        if j.launcher == "slurm" and j.job_id in states:
             continue
         if j.launcher == "local" and _pid_alive(j.job_id):
             states[j.job_id] = "RUNNING"
             continue
-        result = submitit.core.utils.JobPaths(folder, j.job_id, 0).result_pickle
-        if result.exists():
-            try:
-                outcome = submitit.core.utils.pickle_load(result)[0]
-            except Exception:  # noqa: BLE001 - an unreadable result is a failure
-                outcome = "error"
-            states[j.job_id] = "COMPLETED" if outcome == "success" else "FAILED"
-        else:
+        outcome = read_outcome(folder, j.job_id)
+        if outcome is not None:
+            states[j.job_id] = outcome["state"]
+        elif j.launcher != "slurm":
             states[j.job_id] = "LOST"
     return states
 
@@ -770,16 +897,25 @@ def slurm_cluster() -> dict:
     if out.returncode != 0 or not out.stdout.strip():
         why = (out.stderr.strip().splitlines() or ["no partitions"])[-1]
         raise UserError(f"no SLURM reachable ({why}); start the local one with: {START_SLURM}")
+    return parse_sinfo(out.stdout)
+
+
+def parse_sinfo(text: str) -> dict:
+    """``sinfo -h -N -o %P|%N|%c|%m|%G|%l`` lines (one per node and partition) -> the partitions' per-node maxima
+    (see ``slurm_cluster``). A blank or garbled line is skipped rather than refused: the check is a convenience."""
     parts: dict[str, dict] = {}
-    for line in out.stdout.splitlines():
+    for line in text.splitlines():
         fields = line.split("|")
-        if len(fields) < 6:
+        if len(fields) < 6 or not fields[0].strip().rstrip("*"):
             continue
-        name, _node, cpus, mem, gres, limit = fields[:6]
+        name, _node, cpus, mem, gres, limit = (f.strip() for f in fields[:6])
+        try:
+            limit_min = _parse_minutes(limit)
+        except ValueError:
+            continue
         default = name.endswith("*")
         name = name.rstrip("*")
-        p = parts.setdefault(name, {"default": default, "cpus": 0, "mem_mb": 0, "gpus": 0,
-                                    "time_min": _parse_minutes(limit)})
+        p = parts.setdefault(name, {"default": default, "cpus": 0, "mem_mb": 0, "gpus": 0, "time_min": limit_min})
         p["cpus"] = max(p["cpus"], int(re.sub(r"\D", "", cpus) or 0))
         p["mem_mb"] = max(p["mem_mb"], int(re.sub(r"\D", "", mem) or 0))
         p["gpus"] = max(p["gpus"], _gres_gpus(gres))
@@ -916,6 +1052,12 @@ def _count_records(plan: Plan) -> int:
     return sum(1 for c in plan.cells if _complete(ws, plan.spec.experiment, c))
 
 
+def _active_ids(ids: list[str], states: dict[str, str], grace: bool) -> list[str]:
+    """The ids that may still run: active in ``states``; an id missing from them (squeue/sacct timed out, or a job
+    just submitted and not listed yet) counts as active only during the ``grace`` period."""
+    return [i for i in ids if (is_active(states[i]) if i in states else grace)]
+
+
 def wait_jobs(plan: Plan, jobs: list[JobRecord], log: Callable[[str], None]) -> dict[str, str]:
     """Poll until none of ``jobs`` is pending or running (any launcher's records); returns their last states."""
     t0 = time.time()
@@ -926,7 +1068,7 @@ def wait_jobs(plan: Plan, jobs: list[JobRecord], log: Callable[[str], None]) -> 
         states = job_states(jobs, plan.jobs_dir)
         # a job just submitted may not be listed yet: for a few seconds an unlisted job counts as pending
         grace = time.time() - t0 < 10
-        active = [i for i in ids if is_active(states[i]) if i in states] + [i for i in ids if i not in states and grace]
+        active = _active_ids(ids, states, grace)
         running = sum(1 for i in active if states.get(i, "").startswith("RUNNING"))
         summary = (_count_records(plan), len(active), running)
         if summary != last:
@@ -972,7 +1114,8 @@ def run_local(plan: Plan, log: Callable[[str], None]) -> dict[str, str]:
         while queue and len(running) < slots:
             a, i = queue.pop(0)
             ex = _executor(plan, a.stage, a.tasks_per_node)
-            job = ex.submit(train_job if a.stage == "train" else eval_job, a.payloads[i])
+            with _sigint_ignored(plan.launcher == "local"):
+                job = ex.submit(train_job if a.stage == "train" else eval_job, a.payloads[i])
             key, cells = a.covers[i]
             rec = JobRecord(plan.launcher, a.stage, str(job.job_id), key, cells)
             _record(plan, state, [rec])
@@ -982,22 +1125,26 @@ def run_local(plan: Plan, log: Callable[[str], None]) -> dict[str, str]:
             if plan.launcher == "debug":
                 break  # debug jobs run when asked for their result, one at a time
         for job_id, (job, a, i) in list(running.items()):
+            failure = None
             if plan.launcher == "debug":  # stop at the first error: at a terminal in pdb, else raise it
-                err = None
+                # (the job runs in this process: neither call reads a file back)
                 if sys.stdin.isatty():
                     job.result()
                 elif (err := job.exception()) is not None:
                     raise err
-            elif not job.done():
+            elif not job.done():  # the job's process has ended (a poll: no file is read)
                 continue
-            else:
-                err = job.exception()
+            else:  # its outcome file, never submitit's result pickle (see read_outcome)
+                outcome = read_outcome(plan.jobs_dir, job_id)
+                if outcome is None or outcome["state"] != "COMPLETED":
+                    failure = (outcome or {}).get("error") or _failure_reason(plan.jobs_dir, job_id) or \
+                        "the job ended without an outcome (killed?)"
             del running[job_id]
-            final[job_id] = "FAILED" if err is not None else "COMPLETED"
-            if err is not None:
-                log(f"[{time.time() - t0:5.0f} s] {a.stage} job {job_id} failed: {_last_error_line(str(err))}")
+            final[job_id] = "FAILED" if failure is not None else "COMPLETED"
+            if failure is not None:
+                log(f"[{time.time() - t0:5.0f} s] {a.stage} job {job_id} failed: {failure}")
             if a.stage == "train":
-                model_finished(a.covers[i][0], err is None)
+                model_finished(a.covers[i][0], failure is None)
         if adopted:
             states = job_states(list(adopted.values()), plan.jobs_dir)
             for job_id, rec in list(adopted.items()):
@@ -1011,20 +1158,43 @@ def run_local(plan: Plan, log: Callable[[str], None]) -> dict[str, str]:
     return final
 
 
-def _failure_reason(paths) -> str:
-    """The error a failed job reported (its result file's traceback, else its log), in one line."""
+@contextmanager
+def _sigint_ignored(enabled: bool = True):
+    """Start local jobs with SIGINT ignored (the disposition is inherited by submitit's controller and its tasks).
+    A Ctrl-C at the terminal reaches the whole foreground process group: without this, every local job's
+    controller printed a traceback to the terminal and died, although the sweep says its running jobs are picked
+    up by a rerun. Like SLURM jobs, local jobs now run on; the sweep says how many (see ``_interrupted``)."""
+    import threading
+
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        outcome, payload = submitit.core.utils.pickle_load(paths.result_pickle)
-        if outcome == "error":
-            return _last_error_line(str(payload))[:300]
-    except Exception:  # noqa: BLE001 - no result file: a crash, a cancel, a timeout
-        pass
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _failure_reason(folder: Path, job_id: str) -> str:
+    """The error a failed job reported (its outcome file, else the last error line of its log), in one line.
+    Submitit's result pickle is not read (see read_outcome)."""
+    outcome = read_outcome(folder, job_id)
+    if outcome is not None and outcome["error"]:
+        return outcome["error"]
+    if not _plain_id(job_id):
+        return ""
+    log = submitit.core.utils.JobPaths(folder, job_id, 0).stderr
     try:
-        text = paths.stderr.read_text(errors="replace")[-20000:]
+        if not log.is_file():  # not a FIFO to block on
+            return ""
+        with log.open("rb") as f:
+            f.seek(max(0, log.stat().st_size - 20000))
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
     found = [ln for ln in text.splitlines() if re.match(r"^[A-Za-z_.]+(Error|Exception)\b", ln.strip())]
-    return found[-1].strip()[:300] if found else ""
+    return _printable(found[-1]) if found else ""
 
 
 def _last_error_line(text: str) -> str:
@@ -1051,16 +1221,23 @@ def status_lines(plan: Plan) -> tuple[list[str], int]:
         if j.stage == "train":
             latest_train[j.train_key] = j
     running, failed, missing = [], [], []
+    blame: dict[str, JobRecord] = {}  # failed cell -> the job it failed with
     for c in plan.cells:
         if c.key in done:
             continue
         j = latest.get(c.key)
-        if j is None:
+        tj = latest_train.get(c.train.key)
+        if j is None and tj is not None and c.train.key not in plan.cached and _ended_badly(states.get(tj.job_id)):
+            # its model's training failed, so its evaluation was never submitted (the local launcher skips it)
+            failed.append(c)
+            blame[c.key] = tj
+        elif j is None:
             missing.append(c)
         elif is_active(states.get(j.job_id)):
             running.append(c)
         else:
             failed.append(c)
+            blame[c.key] = j
     lines = [f"sweep {spec.experiment}: {len(plan.cells)} cell(s) in {spec.results / spec.experiment}",
              f"  done     {len(done)}",
              f"  running  {len(running)}  (pending or running jobs)",
@@ -1071,20 +1248,26 @@ def status_lines(plan: Plan) -> tuple[list[str], int]:
         lines.append(f"  training {len(train_active)} model(s): jobs {', '.join(j.job_id for j in train_active)}")
     shown = set()
     for c in failed:
-        j = latest[c.key]
+        j = culprit = blame[c.key]
         if j.job_id in shown:
             continue
         shown.add(j.job_id)
         tj = latest_train.get(j.train_key)
         why = states.get(j.job_id, "UNKNOWN")
-        if tj is not None and not is_active(states.get(tj.job_id)) and states.get(tj.job_id) != "COMPLETED":
+        if j.stage == "eval" and tj is not None and not is_active(states.get(tj.job_id)) \
+                and states.get(tj.job_id) != "COMPLETED":
             why += f"; its model's train job {tj.job_id} ended {states.get(tj.job_id, 'UNKNOWN')}"
-            j = tj
-        paths = submitit.core.utils.JobPaths(plan.jobs_dir, j.job_id, 0)
-        reason = _failure_reason(paths)
-        lines.append(f"  failed job {latest[c.key].job_id} ({why}){': ' + reason if reason else ''}; "
-                     f"log: {paths.stderr}")
+            culprit = tj
+        reason = _failure_reason(plan.jobs_dir, culprit.job_id)
+        log = submitit.core.utils.JobPaths(plan.jobs_dir, culprit.job_id, 0).stderr
+        lines.append(f"  failed {j.stage} job {_printable(j.job_id)} ({_printable(why)})"
+                     f"{': ' + reason if reason else ''}; log: {_printable(str(log), 1000)}")
     return lines, len(failed)
+
+
+def _ended_badly(state: str | None) -> bool:
+    """A known state of a job that ended without completing (FAILED, CANCELLED, TIMEOUT, LOST, ...)."""
+    return state is not None and not is_active(state) and state != "COMPLETED"
 
 
 # ----------------------------------------------------------------------------------------------------------- main
@@ -1123,23 +1306,46 @@ def run_sweep(spec: Spec, launcher: str, *, dry_run: bool = False, status: bool 
         return 0
     for line in describe_plan(plan):
         log(line.strip())
-    if launcher == "slurm":
-        jobs = submit_slurm(plan, log) if plan.arrays else []
-        if not wait:
-            log(f"submitted {len(jobs)} job(s); follow them with: python -m aotbench sweep {spec.path} "
-                f"--launcher slurm --status")
-            return 0
-        adopted = list({j.job_id: j for j in [*plan.in_flight.values(), *plan.training.values()]}.values())
-        if jobs or adopted:
-            wait_jobs(plan, jobs + adopted, log)
-    else:
-        if not wait:
-            log("--no-wait applies to --launcher slurm only; local jobs run under this process")
-        run_local(plan, log)
-        in_flight = list({j.job_id: j for j in plan.in_flight.values()}.values())
-        if in_flight:
-            wait_jobs(plan, in_flight, log)
+    try:
+        if launcher == "slurm":
+            jobs = submit_slurm(plan, log) if plan.arrays else []
+            if not wait:
+                log(f"submitted {len(jobs)} job(s); follow them with: python -m aotbench sweep {spec.path} "
+                    f"--launcher slurm --status")
+                return 0
+            adopted = list({j.job_id: j for j in [*plan.in_flight.values(), *plan.training.values()]}.values())
+            if jobs or adopted:
+                wait_jobs(plan, jobs + adopted, log)
+        else:
+            if not wait:
+                log("--no-wait applies to --launcher slurm only; local jobs run under this process")
+            run_local(plan, log)
+            in_flight = list({j.job_id: j for j in plan.in_flight.values()}.values())
+            if in_flight:
+                wait_jobs(plan, in_flight, log)
+    except KeyboardInterrupt:
+        return _interrupted(plan, log)
     return _finish(registry, plan, out, log)
+
+
+def _interrupted(plan: Plan, log: Callable[[str], None]) -> int:
+    """Ctrl-C while submitting or waiting: the submitted jobs run on (SLURM's, and local ones, which ignore the
+    terminal's SIGINT: see ``_sigint_ignored``), and a rerun adopts them. Say so in one line, exit status 130."""
+    try:
+        jobs = _all_jobs(load_state(plan.jobs_dir))
+        states = job_states(jobs, plan.jobs_dir) if jobs else {}
+        active = list({j.job_id: j for j in jobs if is_active(states.get(j.job_id))}.values())
+        where = {"under SLURM": sum(j.launcher == "slurm" for j in active),
+                 "locally": sum(j.launcher != "slurm" for j in active)}
+        running = " and ".join(f"{n} job(s) still running {w}" for w, n in where.items() if n)
+    except (KeyboardInterrupt, UserError):  # a second Ctrl-C, or an unreadable sweep.json: say what is known
+        running = "jobs may still be running"
+    if running:
+        log(f"interrupted: {running}; rerun the same command to pick them up, or --status")
+    else:
+        log("interrupted: no job is still running; rerun the same command to resume (finished cells are kept), "
+            "or --status")
+    return 130
 
 
 def _finish(registry, plan: Plan, out, log) -> int:
