@@ -6,6 +6,7 @@ Every mistake a user can make ends in one line on stderr naming the cause, and e
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from pathlib import Path
@@ -103,11 +104,15 @@ def cmd_run(args) -> int:
     from .grid import expand
     from .plugins import get_registry
     from .runner import run_cells
+    from .storage import check_writable
     from .tables import display_table, records_frame
 
     registry = get_registry()
     cells = expand(registry, grid_spec(args))
     opts = run_options(args)
+    # one line now, not a traceback once training and sampling are done
+    check_writable(args.results, "models", "cache", f"{args.experiment}/cells", f"{args.experiment}/artifacts",
+                   hint="make it writable, free space, or choose another folder with --results")
     t0 = time.perf_counter()
     n_models = len({c.train.key for c in cells})
     print(f"aotbench run: {len(cells)} cell(s), {n_models} model(s), device {opts.device}", file=sys.stderr)
@@ -212,8 +217,13 @@ def cmd_bench(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import report
+    from .storage import check_writable
 
-    done = report(Path(args.folder), Path(args.out) if args.out else None)
+    folder = Path(args.folder)
+    if folder.is_dir():  # else report says it is missing, and nothing is created
+        check_writable(Path(args.out) if args.out else folder,
+                       hint="make it writable, free space, or choose another folder with --out")
+    done = report(folder, Path(args.out) if args.out else None)
     out = done["out"]
     print(f"{done['records']} record(s) -> {out}/table.md, table.csv, models.csv, table.tex")
     for f in done["figures"]:
@@ -227,7 +237,7 @@ def cmd_fid_ref(args) -> int:
     from .config import resolve
     from .inception import Inception, reference_npz, reference_path
     from .plugins import get_registry
-    from .storage import atomic_write_bytes
+    from .storage import write_verified_bytes
     from .datasets import load_splits
 
     registry = get_registry()
@@ -245,7 +255,8 @@ def cmd_fid_ref(args) -> int:
                                                          splits.fingerprint, net)
     t0 = time.perf_counter()
     feats = net(images, desc=f"fid-ref {choice.name} {args.split}", progress=not args.quiet)
-    atomic_write_bytes(out, reference_npz(feats, net, f"{choice.label()} {args.split} split", splits.fingerprint))
+    write_verified_bytes(out, reference_npz(feats, net, f"{choice.label()} {args.split} split",
+                                            splits.fingerprint))
     print(f"{out}: {len(feats)} images of {choice.label()} ({args.split}, data {splits.fingerprint}), Inception "
           f"sha256 {net.sha256[:12]}, resize {net.resize}, {time.perf_counter() - t0:.1f} s on {net.device}")
     return 0
@@ -253,11 +264,15 @@ def cmd_fid_ref(args) -> int:
 
 def cmd_sweep(args) -> int:
     """``sweep SPEC.toml --launcher local|slurm|debug``: see :mod:`aotbench.sweep`."""
+    from .storage import check_writable
     from .sweep import load_spec, run_sweep
 
     if args.dry_run and args.status:
         raise UserError("--dry-run and --status do not go together")
     spec = load_spec(args.spec, results=args.results, experiment=args.experiment, partition=args.partition)
+    if not (args.dry_run or args.status):  # those two write nothing
+        check_writable(spec.results, "models", "cache", *(f"{spec.experiment}/{s}" for s in ("cells", "jobs")),
+                       hint="make it writable, free space, or choose another folder with --results")
     return run_sweep(spec, args.launcher, dry_run=args.dry_run, status=args.status, wait=not args.no_wait,
                      force=args.force)
 
@@ -353,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aotbench: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a disk that fills up (or turns read-only) mid-run: the user's to fix, not a bug
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        print(f"aotbench: error: cannot write {err.filename or 'a file'}: {err.strerror}", file=sys.stderr)
+        return 2
     except Exception as err:
         from .train import Interrupted
         if isinstance(err, Interrupted):

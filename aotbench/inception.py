@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import importlib.util
 import zipfile
 from pathlib import Path
@@ -176,13 +177,16 @@ def reference_npz(feats: np.ndarray, net: Inception, source: str, fingerprint: s
     return buf.getvalue()
 
 
-def read_reference(path, net: Inception) -> dict:
+def read_reference(path, net: Inception, verified: bool = False) -> dict:
     """A reference npz as a dict (mu, sigma, n, mode, inception_sha256, data_fingerprint; None where the file has
     none), refusing with a one-line ValueError a file whose FIDs would not compare with ``net``'s: another
     Inception, another resize mode, or no record of either. A file with only ``mu`` and ``sigma`` is taken to be an
     official EDM reference (``fid.py ref``) and accepted only in ``edm`` mode."""
     try:
-        with np.load(path, allow_pickle=False) as d:
+        from .storage import read_verified_bytes
+
+        source = io.BytesIO(read_verified_bytes(path)) if verified else path  # our cache carries a checksum
+        with np.load(source, allow_pickle=False) as d:
             info = {k: (d[k] if k in ("mu", "sigma") else d[k].item() if k in d.files else None)
                     for k in ("mu", "sigma", "n", "mode", "inception_sha256", "data_fingerprint")}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:

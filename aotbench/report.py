@@ -231,7 +231,7 @@ def _artifact(folder: Path, rec: dict) -> dict | None:
     path = folder / "artifacts" / f"{rec['cell_key']}.npz"
     if not path.is_file():
         return None
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:  # arrays only: nothing read from results runs code
         return {k: z[k] for k in z.files}
 
 

@@ -18,7 +18,7 @@ from .config import CellConfig
 from .evaluate import EvalContext
 from .plugins import Registry
 from .records import Workspace, environment, write_record
-from .storage import atomic_write_bytes, read_json
+from .storage import read_json, write_verified_bytes
 from .datasets import load_splits
 from .train import TrainOptions, load_ema, train_model
 
@@ -59,7 +59,7 @@ def evaluate_cell(registry: Registry, cell: CellConfig, model, ws: Workspace, me
 def _save_artifacts(path: Path, artifacts: dict) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in artifacts.items()})
-    atomic_write_bytes(path, buf.getvalue())
+    write_verified_bytes(path, buf.getvalue())  # its sha256 inside: a reader can tell it is intact
 
 
 def missing_metrics(cell: CellConfig, record: dict | None, force: bool = False) -> tuple:

@@ -221,8 +221,9 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
                 if distributed:
                     step_loss, agreed_signal = _agree(step_loss, stop, opts.world_size, device)
                 if not math.isfinite(step_loss):
-                    raise UserError(f"training loss became {step_loss} at step {step} (lr {cfg.lr}); the last "
-                                    f"checkpoint at {path} is kept; lower the lr or check the data")
+                    kept = f"the last checkpoint {path} is kept" if path.exists() else "no checkpoint was written yet"
+                    raise UserError(f"training loss became {step_loss} at step {step} (lr {cfg.lr}); {kept}; lower "
+                                    f"the lr or check the data")
                 scaler.step(opt)
                 scaler.update()
                 step += 1

@@ -33,6 +33,10 @@ _NAMES = ("x", "images", "y", "labels", "x_heldout", "y_heldout")
 def _read(path: Path) -> dict[str, np.ndarray]:
     """The arrays of ``path`` this loader knows (by name), fully read."""
     try:
+        with open(path, "rb") as f:
+            if not f.read(6).startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):  # numpy: "pickled data"
+                raise ValueError("it is not an .npz archive (a zip of .npy arrays, as numpy.savez writes): it does "
+                                 "not start as a zip file does")
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise ValueError("it holds a single .npy array, not an .npz archive of named arrays")

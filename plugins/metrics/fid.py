@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from aotbench import hookimpl, identity
+from aotbench.errors import UserError
 from aotbench.frechet import gaussian_stats
 from aotbench.inception import (MODES, MODES_HELP, Inception, find_weights, read_reference, reference_npz,
                                 reference_path)
-from aotbench.storage import atomic_write_bytes
+from aotbench.storage import write_verified_bytes
 
 
 def file_digest(path) -> str:
@@ -62,14 +63,14 @@ class FID:
         path = reference_path(ctx.cache_dir, ctx.splits.name, "train", fingerprint, net)
         if path.is_file():
             try:
-                info = read_reference(path, net)
+                info = read_reference(path, net, verified=True)
                 if info["data_fingerprint"] == fingerprint:
                     return info
-            except ValueError:
-                pass  # unreadable or made otherwise: computed again below
+            except (ValueError, UserError):
+                pass  # damaged, unreadable or made otherwise: computed again below
         feats = net(ctx.splits.train, desc="FID reference", progress=ctx.progress)
-        atomic_write_bytes(path, reference_npz(feats, net, f"{ctx.splits.name} train split", fingerprint))
-        return read_reference(path, net)
+        write_verified_bytes(path, reference_npz(feats, net, f"{ctx.splits.name} train split", fingerprint))
+        return read_reference(path, net, verified=True)
 
     def compute(self, ctx):
         from cleanfid.fid import frechet_distance
