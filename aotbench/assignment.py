@@ -7,9 +7,16 @@ hundred and more.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from .errors import UserError
+
 COSTS = ("l2", "sqeuclidean")
+
+#: what a non-finite cost means for the user, and why it is refused (see :func:`check_finite`)
+NON_FINITE = ("the data or noise holds non-finite values, or values so large that the float32 cost overflows "
+              "(|x| above about 1e19: its square is inf); check the dataset")
 
 
 def check_cost(cost: str) -> None:
@@ -17,13 +24,41 @@ def check_cost(cost: str) -> None:
         raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
 
 
+def all_finite(c: torch.Tensor | np.ndarray) -> bool:
+    """Whether every entry of ``c`` is finite, in about one pass.
+
+    A finite sum proves it (one inf or NaN entry makes the sum inf or NaN); only a sum that overflows needs the
+    entrywise test. Measured on a 2048 x 2048 float32 cost here: ``torch.isfinite(c).all()`` 30-65 ms, this 2-3 ms.
+    """
+    if isinstance(c, torch.Tensor) and c.device.type != "cpu":
+        return bool(torch.isfinite(c.sum())) or bool(torch.isfinite(c).all())
+    a = c.detach().numpy() if isinstance(c, torch.Tensor) else np.asarray(c)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
+
+
+def check_finite(c: torch.Tensor | np.ndarray, who: str) -> None:
+    """Refuse a cost matrix with an inf or NaN entry, in one line naming the pairing ``who``, before a solver sees it.
+
+    Why: the solvers assume finite costs and fail badly otherwise. On a 2048 pool with one pixel of 1e20, lapjv
+    writes out of bounds and glibc kills the process (``free(): invalid next size``, exit 134); on smaller pools it
+    returns a non-bijection; lap returns a permutation that optimizes nothing; scipy and POT raise their own errors;
+    Sinkhorn returns a NaN plan. Finite float32 data overflow easily: the cost is computed in float32, whose
+    largest value is about 3.4e38, so (1e20)^2 is inf.
+    """
+    if not all_finite(c):
+        raise UserError(f"pairing '{who}': the cost matrix holds inf or NaN: {NON_FINITE}")
+
+
 def cost_matrix(x: torch.Tensor, z: torch.Tensor, cost: str = "l2", chunk: int = 0, device=None,
-                max_bytes: float | None = None) -> torch.Tensor:
+                max_bytes: float | None = None, who: str | None = None) -> torch.Tensor:
     """C[i, j] = cost(x_i, z_j) as float32 [N, M] on the CPU, from one matrix product per row chunk.
 
     ``x`` [N, *S], ``z`` [M, *S]. ``||x||^2 + ||z||^2 - 2 x.z`` is computed in float32 on ``device`` (default: x's),
     ``chunk`` rows at a time (0 = all at once) so the temporary on the device stays chunk x M. ``max_bytes`` bounds
-    the size of C itself: a larger pool fails before anything is allocated.
+    the size of C itself: a larger pool fails before anything is allocated. A non-finite C is refused in one line
+    naming the pairing ``who`` and the cause: NaN or inf in the data or the noise, or an overflow (see
+    :func:`check_finite` for why).
     """
     check_cost(cost)
     n, m = x.shape[0], z.shape[0]
@@ -42,6 +77,16 @@ def cost_matrix(x: torch.Tensor, z: torch.Tensor, cost: str = "l2", chunk: int =
         if cost == "l2":
             block.sqrt_()
         out[lo:lo + step] = block.cpu()
+    if not all_finite(out):
+        head = f"pairing '{who}'" if who else "cost_matrix"
+        for part, t in (("data", x), ("noise", z)):
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise UserError(f"{head}: the {part} holds {bad} non-finite value(s) (NaN or inf), so the cost "
+                                f"matrix does too; check the dataset")
+        raise UserError(f"{head}: the cost matrix overflows float32 (largest |value|: {float(x.abs().max()):.3g} "
+                        f"in the data, {float(z.abs().max()):.3g} in the noise; float32 squares overflow above "
+                        f"about 1.8e19); check the dataset")
     return out
 
 

@@ -5,8 +5,17 @@ then every module of the ``aotbench`` entry-point group, then ``check_pending()`
 third-party plugin fails loudly instead of being ignored.
 
 ``AOTBENCH_PLUGINS`` restricts which *entry-point* plugins load, as ``LLM_LOAD_PLUGINS`` does in simonw/llm: a comma
-list of entry-point or distribution names; the empty string loads none. Built-ins always load, so the suite stays
-usable while a broken third-party plugin is switched off.
+list of entry-point or distribution names (distribution names compared as pip does, PEP 503: ``My_Dist`` is
+``my-dist``); the empty string loads none. A name that matches nothing is reported on stderr with the names available.
+Built-ins always load, so the suite stays usable while a broken third-party plugin is switched off.
+
+Third-party plugins fail alone: one that fails to import, or whose register hook raises, is skipped with one line on
+stderr naming it and its distribution, and every command that does not need it goes on (``list`` included); a command
+that names a component it would have provided gets the usual unknown-name error, which mentions the skipped plugins.
+Two distributions with one entry-point name: the first one ``importlib.metadata`` finds (sys.path order, the one
+``import`` would find too) loads, and one line on stderr names both. What stays fatal is what makes the registry
+ambiguous or a hook silently unused: two components with one name, a hook aotbench does not define, a hook with
+parameters its spec lacks (one-line errors naming the plugins).
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ import importlib
 import importlib.metadata
 import inspect
 import os
+import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -123,17 +134,19 @@ class _Bound:
 
 
 class Registry:
-    """All registered components, by kind and name."""
+    """All registered components, by kind and name; ``skipped`` names the plugins that failed to load."""
 
-    def __init__(self, components: list[Component]):
+    def __init__(self, components: list[Component], skipped: tuple[str, ...] = ()):
         self._by_kind: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
         for c in components:
             self._by_kind[c.kind][c.name] = c
+        self.skipped = tuple(skipped)
 
     def get(self, kind: str, name: str) -> Component:
         table = self._by_kind[kind]
         if name not in table:
-            raise UserError(f"unknown {kind} '{name}' (available: {', '.join(sorted(table)) or 'none'})")
+            skipped = f"; plugins skipped as they failed to load: {', '.join(self.skipped)}" if self.skipped else ""
+            raise UserError(f"unknown {kind} '{name}' (available: {', '.join(sorted(table)) or 'none'}){skipped}")
         return table[name]
 
     def names(self, kind: str) -> list[str]:
@@ -159,24 +172,84 @@ def _version() -> str:
         return "dev"
 
 
+def _normalize(name: str) -> str:
+    """A distribution name as pip compares it (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (a plugin's exception, for a one-line notice)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _notice(message: str) -> None:
+    print(f"aotbench: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _entry_points(allowed: str | None) -> list[tuple[importlib.metadata.EntryPoint, str]]:
+    """(entry point, "distribution version") of the ``aotbench`` group to load, after AOTBENCH_PLUGINS and duplicates.
+
+    Distributions come in sys.path order (``importlib.metadata.distributions()``, which pluggy also walks). One
+    distribution found twice on sys.path counts once. An entry-point name claimed by several distributions loads from
+    the first of them only, with one line naming them all (pluggy used to drop the others silently).
+    """
+    found: dict[str, list[tuple[importlib.metadata.EntryPoint, str, str]]] = {}
+    for dist in importlib.metadata.distributions():
+        eps = [ep for ep in dist.entry_points if ep.group == "aotbench"]
+        dist_name = (dist.metadata["Name"] or "unknown-distribution") if eps else ""
+        for ep in eps:
+            claims = found.setdefault(ep.name, [])
+            if not any(_normalize(d) == _normalize(dist_name) for _, d, _ in claims):
+                claims.append((ep, dist_name, f"{dist_name} {dist.version}"))
+    if allowed is not None:
+        wanted = {s.strip() for s in allowed.split(",") if s.strip()}
+        dists = {d for claims in found.values() for _, d, _ in claims}
+        unknown = sorted(w for w in wanted if w not in found and _normalize(w) not in {_normalize(d) for d in dists})
+        if unknown:
+            _notice(f"AOTBENCH_PLUGINS names no installed aotbench plugin: {', '.join(unknown)} (entry points: "
+                    f"{', '.join(sorted(found)) or 'none'}; distributions: {', '.join(sorted(dists)) or 'none'})")
+        wanted_dists = {_normalize(w) for w in wanted}
+        found = {name: [c for c in claims if name in wanted or _normalize(c[1]) in wanted_dists]
+                 for name, claims in found.items()}
+    out = []
+    for name, claims in found.items():
+        if not claims:
+            continue
+        if len(claims) > 1:
+            _notice(f"plugin name '{name}' is claimed by several distributions: {', '.join(c[2] for c in claims)}; "
+                    f"loaded only the first on sys.path ({claims[0][2]}); uninstall the others, or choose one with "
+                    f"AOTBENCH_PLUGINS=<distribution>")
+        out.append((claims[0][0], claims[0][2]))
+    return out
+
+
 def build_manager() -> pluggy.PluginManager:
-    """Built-ins, then entry points (filtered by AOTBENCH_PLUGINS), then check_pending()."""
+    """Built-ins, then entry points (filtered by AOTBENCH_PLUGINS), then check_pending().
+
+    An entry point that fails to import, or that pluggy refuses to register (e.g. a module registered twice), is
+    skipped with one line on stderr. The manager carries ``aotbench_dists`` (plugin name -> "distribution version"
+    of each entry-point plugin) and ``aotbench_skipped`` (the skipped ones, "name (distribution version)").
+    """
     pm = pluggy.PluginManager("aotbench")
     pm.add_hookspecs(hookspecs)
     for module in _builtin_modules():
         pm.register(module, name=module.__name__)
-    allowed = os.environ.get("AOTBENCH_PLUGINS")
-    if allowed is not None:
-        wanted = {s.strip() for s in allowed.split(",") if s.strip()}
-        for ep in importlib.metadata.entry_points(group="aotbench"):
-            dist = getattr(ep, "dist", None)
-            if ep.name not in wanted and (dist is None or dist.name not in wanted):
-                pm.set_blocked(ep.name)
-    try:
-        pm.load_setuptools_entrypoints("aotbench")
-    except Exception as err:  # a third-party module that fails to import
-        raise UserError(f"an aotbench plugin failed to load: {type(err).__name__}: {err} "
-                        f"(set AOTBENCH_PLUGINS to the plugins you want, or '' for none)") from None
+    pm.aotbench_dists, pm.aotbench_skipped = {}, []
+    for ep, dist in _entry_points(os.environ.get("AOTBENCH_PLUGINS")):
+        try:
+            plugin = ep.load()
+        except Exception as err:  # a third-party module that fails to import fails alone
+            _skip(pm, ep.name, dist, f"it failed to import: {_one_line(err)}")
+            continue
+        try:
+            pm.register(plugin, name=ep.name)
+        except pluggy.PluginValidationError as err:
+            raise UserError(f"plugin '{ep.name}' ({dist}) does not match aotbench's hook spec: {err}") from None
+        except ValueError as err:  # pluggy: this name or this module is registered already
+            _skip(pm, ep.name, dist, f"it cannot be registered: {_one_line(err)}")
+            continue
+        pm.aotbench_dists[ep.name] = dist
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as err:
@@ -184,27 +257,48 @@ def build_manager() -> pluggy.PluginManager:
     return pm
 
 
+def _skip(pm: pluggy.PluginManager, name: str, dist: str, why: str) -> None:
+    _notice(f"skipped plugin '{name}' ({dist}): {why}")
+    pm.aotbench_skipped.append(f"'{name}' ({dist})")
+
+
 def _collect(pm: pluggy.PluginManager) -> list[Component]:
-    dists = {id(plugin): f"{d.project_name} {d.version}" for plugin, d in pm.list_plugin_distinfo()}
+    """Every hook's registrations; an entry-point plugin whose hook raises is skipped whole (all its hooks)."""
+    dists = getattr(pm, "aotbench_dists", {})
     builtin = f"aotbench {_version()} (built-in)"
-    seen: dict[tuple[str, str], Component] = {}
-    components: list[Component] = []
+    registered: list[Component] = []
+    failed: set[str] = set()
     for kind, hook_name in KINDS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            dist = dists.get(id(impl.plugin), builtin)
+            if impl.plugin_name in failed:
+                continue
+            dist = dists.get(impl.plugin_name, builtin)
 
             def register(name, obj, default=False, check=None, _impl=impl, _dist=dist, _kind=kind):
                 if not isinstance(name, str) or not name:
                     raise UserError(f"plugin '{_impl.plugin_name}' registered a {_kind} without a name")
-                comp = Component(_kind, name, obj, _impl.plugin_name, _dist, bool(default), check)
-                prior = seen.get((_kind, name))
-                if prior is not None:
-                    raise UserError(f"{_kind} name '{name}' is registered twice: by plugin '{prior.plugin}' "
-                                    f"({prior.distribution}) and by plugin '{comp.plugin}' ({comp.distribution})")
-                seen[(_kind, name)] = comp
-                components.append(comp)
+                registered.append(Component(_kind, name, obj, _impl.plugin_name, _dist, bool(default), check))
 
-            impl.function(register)
+            try:
+                impl.function(register)
+            except UserError:
+                raise
+            except Exception as err:
+                if impl.plugin_name not in dists:
+                    raise  # a built-in's bug keeps its traceback
+                failed.add(impl.plugin_name)
+                _skip(pm, impl.plugin_name, dist, f"its {hook_name} hook raised {_one_line(err)}")
+    seen: dict[tuple[str, str], Component] = {}
+    components: list[Component] = []
+    for comp in registered:
+        if comp.plugin in failed:
+            continue
+        prior = seen.get((comp.kind, comp.name))
+        if prior is not None:
+            raise UserError(f"{comp.kind} name '{comp.name}' is registered twice: by plugin '{prior.plugin}' "
+                            f"({prior.distribution}) and by plugin '{comp.plugin}' ({comp.distribution})")
+        seen[(comp.kind, comp.name)] = comp
+        components.append(comp)
     return components
 
 
@@ -215,7 +309,9 @@ def get_registry() -> Registry:
     """The process-wide registry (built once; :func:`reset` rebuilds it, e.g. after AOTBENCH_PLUGINS changes)."""
     global _registry
     if _registry is None:
-        _registry = Registry(_collect(build_manager()))
+        pm = build_manager()
+        components = _collect(pm)
+        _registry = Registry(components, tuple(getattr(pm, "aotbench_skipped", ())))
     return _registry
 
 

@@ -7,6 +7,7 @@ worker while pool k trains, and a resumed run recomputes exactly the pools it ne
 
 from __future__ import annotations
 
+import pickle
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -106,15 +107,49 @@ class _WorkerInit:
         torch.set_num_threads(self.threads)
 
 
+def check_picklable(source: PoolSource) -> None:
+    """Refuse, before a worker starts, a pairing that cannot travel to a worker process (one line, not a traceback).
+
+    A spawned worker (several pairing threads, or a CUDA trainer) receives the pairing by pickle, and Python 3.14 makes
+    the forkserver, which pickles too, the Linux default; the hookspec asks every pairing to be picklable. The check
+    runs whatever the start method, so a pairing that works on one machine does not fail on another. Only the pairing
+    is tried (the data tensors always pickle, and pickling them would copy the whole training set).
+    """
+    try:
+        pickle.dumps(source.pairing)
+    except Exception as err:
+        raise UserError(f"pairing '{source.pairing_name}' ({type(source.pairing).__module__}."
+                        f"{type(source.pairing).__qualname__}) cannot be sent to a pairing worker process: "
+                        f"pickle fails with {type(err).__name__}: {err}; make it picklable (no lambdas, closures or "
+                        f"open file handles as attributes) or use --pair-workers 0") from None
+
+
+def _background(source: PoolSource, first: int, last: int, workers: int, threads: int,
+                context: str | None) -> Iterator[Pool]:
+    """Pools from a DataLoader's workers (started at the first ``next``), a worker's UserError kept to one line.
+
+    DataLoader re-raises a worker's exception as ``UserError("Caught UserError in DataLoader worker process 0.
+    Original Traceback ...: <message>")``, a traceback squeezed onto one line; the message is its last part.
+    """
+    loader = DataLoader(source, batch_size=None, sampler=range(first, last), num_workers=workers,
+                        prefetch_factor=2, worker_init_fn=_WorkerInit(threads), multiprocessing_context=context)
+    marker = f"{UserError.__module__}.{UserError.__qualname__}: "
+    try:
+        yield from loader
+    except UserError as err:
+        text = str(err)
+        if marker not in text:
+            raise
+        raise UserError(text.rsplit(marker, 1)[1]) from None
+
+
 def iter_pools(source: PoolSource, first: int, last: int, workers: int = 1, threads: int = 1,
                context: str | None = None) -> Iterator[Pool]:
     """Pools first..last-1, in order. With ``workers > 0`` they are paired ahead in background processes
     (``threads`` torch threads each), so pool k+1 is paired while pool k trains; the pools are identical either way.
+    With workers, the pairing's picklability is checked here, at the call, before any worker starts.
     """
     if workers <= 0:
-        for k in range(first, last):
-            yield source[k]
-        return
-    loader = DataLoader(source, batch_size=None, sampler=range(first, last), num_workers=workers,
-                        prefetch_factor=2, worker_init_fn=_WorkerInit(threads), multiprocessing_context=context)
-    yield from loader
+        return (source[k] for k in range(first, last))
+    check_picklable(source)
+    return _background(source, first, last, workers, threads, context)

@@ -271,6 +271,61 @@ def test_folder_bad_input_names_the_cause(tmp_path):
         Folder(path="x", resolution=-1)
 
 
+def test_folder_reads_16_bit_grayscale_from_its_true_range(tmp_path):
+    # PIL's I;16 -> RGB conversion clips above 255: a 16-bit file used to load as an almost white 3-channel image
+    ramp = np.linspace(0, 65535, 4 * 16).round().astype(np.uint16).reshape(4, 16)
+    Image.fromarray(ramp).save(tmp_path / "a.png")
+    Image.fromarray(ramp[::-1, ::-1].copy()).save(tmp_path / "b.png")
+    assert Image.open(tmp_path / "a.png").mode == "I;16"
+    s = Folder(path=str(tmp_path), heldout_fraction=0.5).load()
+    both = torch.cat([s.train, s.heldout])
+    assert both.shape == (2, 1, 4, 16) and both.dtype == torch.float32
+    assert float(both.min()) == -1.0 and float(both.max()) == 1.0
+    for img in both:
+        flat = img.flatten()
+        if flat[0] > flat[-1]:  # the reversed file
+            flat = flat.flip(0)
+        assert bool((flat[1:] > flat[:-1]).all())  # strictly monotone, as written
+        assert torch.allclose(flat.double(), torch.from_numpy(ramp.flatten() / 32767.5 - 1), atol=1e-6)
+
+    # resized: bicubic on the 16-bit values, clipped to the range
+    r = Folder(path=str(tmp_path), resolution=4, heldout_fraction=0.5).load()
+    assert r.train.shape == (1, 1, 4, 4) and -1.0 <= float(r.train.min()) and float(r.train.max()) <= 1.0
+
+    # an 8-bit file beside them counts v as v * 257: 8-bit 255 and 16-bit 65535 are both 1.0
+    save_image(tmp_path / "c.png", np.full((1, 4, 16), 255, dtype=np.uint8))
+    mixed = Folder(path=str(tmp_path), heldout_fraction=0.4).load()
+    assert mixed.train.shape[1:] == (1, 4, 16)
+    assert any(bool((x == 1.0).all()) for x in torch.cat([mixed.train, mixed.heldout]))
+
+
+def test_folder_8_bit_and_palette_images_load_as_before(tmp_path):
+    gray = fake_images(1, 1, 4, 4)[0]
+    save_image(tmp_path / "g.png", gray)
+    rgb = fake_images(1, 3, 4, 4, seed=2)[0]
+    pal = Image.fromarray(rgb.transpose(1, 2, 0)).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    pal.save(tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    expected = {  # the mapping the loader always had: v / 127.5 - 1 of PIL's RGB conversion
+        "g": torch.from_numpy(gray.repeat(3, axis=0)).float() / 127.5 - 1,
+        "p": torch.from_numpy(np.asarray(pal.convert("RGB")).transpose(2, 0, 1).copy()).float() / 127.5 - 1,
+    }
+    s = Folder(path=str(tmp_path), heldout_fraction=0.5).load()
+    got = torch.cat([s.train, s.heldout])
+    assert got.shape == (2, 3, 4, 4)
+    assert all(any(torch.equal(x, e) for x in got) for e in expected.values())
+
+
+def test_folder_refuses_an_image_mode_without_a_known_range(tmp_path):
+    save_image(tmp_path / "a.png", fake_images(1, 1, 4, 4)[0])
+    Image.fromarray(np.zeros((4, 4), dtype=np.float32)).save(tmp_path / "f.png", format="TIFF")  # opened by content
+    with pytest.raises(ValueError, match=f"{tmp_path / 'f.png'} has PIL mode F, which has no known pixel range"):
+        Folder(path=str(tmp_path)).load()
+    Image.fromarray(np.full((4, 4), 70000, dtype=np.int32)).save(tmp_path / "f.png", format="TIFF")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'f.png'} has PIL mode I with values 70000..70000, outside"):
+        Folder(path=str(tmp_path)).load()
+
+
 # ---------------------------------------------------------------- npz
 
 def test_npz_channels_last_with_labels_and_a_seeded_split(tmp_path):

@@ -244,3 +244,161 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+# ---------------------------------------------------------------- non-finite costs
+
+NON_FINITE_SCRIPT = r'''
+import json, sys
+import numpy as np, torch
+from aotbench.errors import UserError
+from aotbench.plugins import get_registry
+from aotbench_plugins.pairings.aot import assignment
+
+solver = sys.argv[1]
+comp = get_registry().get("pairing", "aot")
+out = {}
+for bad in ("1e20", "nan"):
+    g = torch.Generator().manual_seed(0)
+    data, noise = torch.rand(512, 48, generator=g) * 2 - 1, torch.randn(512, 48, generator=g)
+    data[3, 5] = float(bad)
+    c = np.random.default_rng(0).random((512, 512))
+    c[7, 9] = float("inf") if bad == "1e20" else float("nan")
+    for what, run in (("pair", lambda: comp.build(**comp.resolve({"solver": solver})).pair(data, noise)),
+                      ("assignment", lambda: assignment(c, solver))):
+        try:
+            run()
+            out[f"{what} {bad}"] = "returned"
+        except UserError as err:
+            out[f"{what} {bad}"] = "UserError: " + str(err)
+        except Exception as err:
+            out[f"{what} {bad}"] = f"{type(err).__name__}: {err}"
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.parametrize("solver", ["lapjv", "lap", "scipy", "emd"])
+def test_exact_solvers_refuse_a_non_finite_cost_in_one_line(solver):
+    # one pixel of 1e20 is finite in float32 but its square is not: lapjv then wrote out of bounds and killed the
+    # process (exit 134), or returned a non-bijection; so the solver runs in a subprocess, where a crash is a failure
+    import json
+    import subprocess
+    import sys
+
+    from aotbench_plugins.pairings import aot
+
+    pytest.importorskip(aot._BACKENDS[solver][0], reason=f"solver {solver!r} is not installed")
+    run = subprocess.run([sys.executable, "-c", NON_FINITE_SCRIPT, solver], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["pair 1e20"].startswith("UserError: pairing 'aot': the cost matrix overflows float32 "
+                                       "(largest |value|: 1e+20 in the data"), out
+    assert out["pair nan"] == ("UserError: pairing 'aot': the data holds 1 non-finite value(s) (NaN or inf), so the "
+                               "cost matrix does too; check the dataset"), out
+    for bad in ("1e20", "nan"):
+        assert out[f"assignment {bad}"].startswith("UserError: pairing 'aot': the cost matrix holds inf or NaN"), out
+    assert all(len(v.splitlines()) == 1 for v in out.values())
+
+
+@pytest.mark.parametrize("name", ["pot-exact", "sinkhorn"])
+@pytest.mark.parametrize("bad", [1e20, float("nan")])
+def test_pot_pairings_refuse_a_non_finite_cost_in_one_line(registry, name, bad):
+    from aotbench.errors import UserError
+    from aotbench_plugins.pairings.pot_exact import emd_permutation
+
+    data, noise, labels = make_pool(60, seed=11, labels=2)
+    data[4, 0, 1, 1] = bad
+    expected = "the cost matrix overflows float32" if bad == 1e20 else "the data holds 1 non-finite value"
+    with pytest.raises(UserError, match=f"^pairing '{name}': {expected}"):
+        pairing(registry, name).pair(data, noise, labels)
+    c = np.ones((10, 10))
+    c[2, 3] = np.inf if bad == 1e20 else np.nan
+    with pytest.raises(UserError, match="^pairing 'pot-exact': the cost matrix holds inf or NaN"):
+        emd_permutation(c)
+    s = pairing(registry, "sinkhorn")
+    with pytest.raises(UserError, match="^pairing 'sinkhorn': the cost matrix holds inf or NaN"):
+        s.plan(torch.from_numpy(c))
+
+
+# ---------------------------------------------------------------- sinkhorn ends honestly
+
+def _old_greedy_round(plan):
+    n = plan.shape[0]
+    order = np.argsort(-plan.max(1), kind="stable")
+    taken = np.zeros(n, dtype=bool)
+    perm = np.empty(n, dtype=np.int64)
+    for i in order:
+        row = np.where(taken, -np.inf, plan[i])
+        j = int(np.argmax(row))
+        perm[i], taken[j] = j, True
+    return perm
+
+
+def old_sinkhorn(data, noise, labels=None, *, reg=0.05, cost="sqeuclidean", per_class_=True, num_iter_max=1000,
+                 stop_thr=1e-6):
+    """``sinkhorn`` as it was before the marginal check (commit 9d51dfb), copied verbatim: the reference that its
+    default output must keep matching exactly (checked-in results were computed with it)."""
+    import warnings
+
+    import ot
+
+    def plan(c):
+        c = c.to("cpu", torch.float64)
+        c = c / c.mean()
+        w = torch.full((c.shape[0],), 1.0 / c.shape[0], dtype=torch.float64, device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = ot.bregman.sinkhorn_log(w, w, c, reg, numItermax=num_iter_max, stopThr=stop_thr)
+        return p.cpu().numpy()
+
+    def solve(idx):
+        return torch.from_numpy(_old_greedy_round(plan(cost_matrix(data[idx], noise[idx], cost, device="cpu"))))
+    return per_class(labels if per_class_ else None, data.shape[0], solve)
+
+
+@pytest.mark.parametrize("n,shape,classes,seed", [
+    (256, (2,), None, 20),          # moons-like 2-D: the slowest to converge at the default reg
+    (128, (1,), None, 21),
+    (200, (3, 4, 4), 4, 22),        # per-class blocks
+    (96, (3, 8, 8), None, 23),
+])
+def test_sinkhorn_defaults_return_exactly_the_old_permutations(registry, n, shape, classes, seed):
+    data, noise, labels = make_pool(n, shape=shape, seed=seed, labels=classes)
+    new = pairing(registry, "sinkhorn").pair(data, noise, labels)
+    assert torch.equal(new, old_sinkhorn(data, noise, labels))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), dim=st.integers(1, 6), classes=st.sampled_from([None, 1, 3]), seed=st.integers(0, 1000))
+def test_sinkhorn_defaults_match_the_old_implementation_on_small_pools(registry, n, dim, classes, seed):
+    data, noise, labels = make_pool(n, shape=(dim,), seed=seed, labels=classes)
+    assert torch.equal(pairing(registry, "sinkhorn").pair(data, noise, labels), old_sinkhorn(data, noise, labels))
+
+
+def test_sinkhorn_refuses_a_plan_that_did_not_converge_instead_of_rounding_it(registry):
+    # reg=1e-8 barely moves within the iteration cap: the old code rounded a plan misplacing ~45 % of the mass
+    from aotbench.errors import UserError
+
+    data, noise, _ = make_pool(128, shape=(3, 4, 4), seed=12)
+    with pytest.raises(UserError) as err:
+        pairing(registry, "sinkhorn", reg=1e-8, num_iter_max=50).pair(data, noise)
+    msg = str(err.value)
+    assert len(msg.splitlines()) == 1
+    assert msg.startswith("pairing 'sinkhorn': the entropic plan did not converge at reg=1e-08 (its marginals "
+                          "misplace ")
+    assert "larger reg" in msg and "pot-exact" in msg and "aot" in msg
+    # the same pool at the default reg converges far inside the tolerance
+    from aotbench_plugins.pairings.sinkhorn import Sinkhorn, marginal_error
+
+    c = cost_matrix(data, noise, "sqeuclidean").double()
+    w = torch.full((128,), 1 / 128, dtype=torch.float64)
+    assert marginal_error(torch.from_numpy(Sinkhorn().plan(c)), w) < 1e-3 * Sinkhorn.marginal_tol
+
+
+@pytest.mark.parametrize("reg", [0.0, -1.0, float("inf"), float("nan"), 1e-320])
+def test_sinkhorn_refuses_a_reg_that_cannot_be_represented_before_training(registry, reg):
+    from aotbench.errors import UserError
+
+    with pytest.raises(UserError, match="pairing 'sinkhorn': reg must be a finite float > 0"):
+        registry.get("pairing", "sinkhorn").resolve({"reg": reg})

@@ -31,15 +31,18 @@ def register_pairings(register):
 '''
 
 
-def make_plugin(root, dist="thirdparty-pairing", module="thirdparty_pairing", name="reverse", extra=""):
-    """A real installed distribution: a module plus a *.dist-info with entry_points.txt, on a folder of sys.path."""
+def make_plugin(root, dist="thirdparty-pairing", module="thirdparty_pairing", name="reverse", extra="", entry=None):
+    """A real installed distribution: a module plus a *.dist-info with entry_points.txt, on a folder of sys.path.
+
+    ``entry`` is the entry-point name (default: the module's name).
+    """
     site = root / "site"
-    site.mkdir(exist_ok=True)
+    site.mkdir(parents=True, exist_ok=True)
     (site / f"{module}.py").write_text(PLUGIN.format(name=name) + textwrap.dedent(extra))
     info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[aotbench]\n{module} = {module}\n")
+    (info / "entry_points.txt").write_text(f"[aotbench]\n{entry or module} = {module}\n")
     return {"PYTHONPATH": str(site)}
 
 
@@ -118,3 +121,74 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, flag, value, expected):
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert expected in out.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+# ---------------------------------------------------------------- plugins fail alone
+
+TINY_RUN = ["run", "--dataset", "moons", "--network", "mlp:width=32:depth=1", "--sampler", "euler", "--steps", "3",
+            "--train-steps", "20", "--batch", "32", "--pool", "64", "--n-samples", "50", "--metrics", "nfe", "--quiet"]
+
+
+def test_a_plugin_that_fails_to_import_is_skipped_with_one_line_and_the_rest_works(tmp_path):
+    env = make_plugin(tmp_path, dist="broken-pairing", module="broken_pairing", name="broken",
+                      extra="import no_such_module_for_aotbench\n")
+    make_plugin(tmp_path)  # a working plugin in the same folder still loads
+    out = run_cli("list", env=env)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "skipped plugin 'broken_pairing' (broken-pairing 0.1)" in out.stderr
+    assert "ModuleNotFoundError: No module named 'no_such_module_for_aotbench'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert "reverse" in out.stdout and "aot" in out.stdout and "broken" not in out.stdout
+
+    run = run_cli(*TINY_RUN, "--pairing", "none", "--results", str(tmp_path / "res"), env=env)
+    assert run.returncode == 0, run.stderr  # a built-in-only run goes on
+
+    need = run_cli(*TINY_RUN, "--pairing", "broken", "--results", str(tmp_path / "res2"), env=env)
+    assert need.returncode == 2
+    lines = need.stderr.strip().splitlines()
+    assert len(lines) == 2 and "skipped plugin 'broken_pairing'" in lines[0], need.stderr
+    assert "unknown pairing 'broken' (available:" in lines[1] and "'broken_pairing' (broken-pairing 0.1)" in lines[1]
+
+
+def test_a_plugin_whose_hook_raises_is_skipped_whole_with_one_line(tmp_path):
+    env = make_plugin(tmp_path, extra='''
+        @hookimpl
+        def register_datasets(register):
+            raise RuntimeError("no licence key found")
+        ''')
+    out = run_cli("list", env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == ("aotbench: skipped plugin 'thirdparty_pairing' (thirdparty-pairing 0.1): its "
+                                  "register_datasets hook raised RuntimeError: no licence key found")
+    assert "reverse" not in out.stdout and "aot" in out.stdout  # its pairing, registered first, is dropped too
+    need = run_cli(*TINY_RUN, "--pairing", "reverse", "--results", str(tmp_path / "res"), env=env)
+    assert need.returncode == 2 and "Traceback" not in need.stderr
+    assert "unknown pairing 'reverse'" in need.stderr.strip().splitlines()[-1]
+    assert "'thirdparty_pairing' (thirdparty-pairing 0.1)" in need.stderr.strip().splitlines()[-1]
+
+
+def test_two_distributions_with_one_entry_point_name_load_the_first_and_say_so(tmp_path):
+    a = make_plugin(tmp_path / "a", dist="pairing-a", module="pairing_a", name="rev-a", entry="shared")
+    b = make_plugin(tmp_path / "b", dist="pairing-b", module="pairing_b", name="rev-b", entry="shared")
+    env = {"PYTHONPATH": f"{a['PYTHONPATH']}:{b['PYTHONPATH']}"}
+    out = run_cli("list", env=env)
+    assert out.returncode == 0, out.stderr
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "'shared'" in line, out.stderr
+    assert "pairing-a 0.1" in line and "pairing-b 0.1" in line and "loaded only the first" in line
+    assert "rev-a" in out.stdout and "rev-b" not in out.stdout  # the first on sys.path, as documented
+    chosen = run_cli("list", env={**env, "AOTBENCH_PLUGINS": "pairing-b"})
+    assert chosen.returncode == 0 and chosen.stderr == "", chosen.stderr
+    assert "rev-b" in chosen.stdout and "rev-a" not in chosen.stdout
+
+
+def test_aotbench_plugins_names_that_match_nothing_are_reported(tmp_path):
+    env = make_plugin(tmp_path)
+    out = run_cli("list", env={**env, "AOTBENCH_PLUGINS": "thirdparty-pairing,revers"})
+    assert out.returncode == 0 and "reverse" in out.stdout
+    assert out.stderr.strip() == ("aotbench: AOTBENCH_PLUGINS names no installed aotbench plugin: revers "
+                                  "(entry points: thirdparty_pairing; distributions: thirdparty-pairing)")
+    # distribution names compare as pip compares them; entry-point names are exact
+    spelled = run_cli("list", env={**env, "AOTBENCH_PLUGINS": "Thirdparty_Pairing"})
+    assert "reverse" in spelled.stdout and spelled.stderr == "", spelled.stderr

@@ -1,7 +1,7 @@
 """Helpers shared by the datasets read from local disk (``cifar10``, ``edm-zip``, ``folder``, ``npz``).
 
 Not a plugin itself (it registers nothing): it holds the two choices every on-disk set must make identically, the
-uint8 -> [-1, 1] pixel mapping and the seeded held-out split, so that they cannot drift apart between loaders.
+pixel -> [-1, 1] mapping and the seeded held-out split, so that they cannot drift apart between loaders.
 """
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ def check_path(path: str, what: str) -> None:
 
 
 def to_signed(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, C, H, W] (pixel values 0..255) -> float32 [N, C, H, W] in [-1, 1], as x / 127.5 - 1 (EDM's map)."""
+    """uint8 [N, C, H, W] (pixel values 0..255) -> float32 [N, C, H, W] in [-1, 1], as x / 127.5 - 1 (EDM's map).
+
+    uint16 (16-bit files, 0..65535) maps the same way from its own range, as x / 32767.5 - 1.
+    """
+    if images.dtype == np.uint16:
+        return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).div_(32767.5).sub_(1)
     x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32)
     return x.div_(127.5).sub_(1)
 

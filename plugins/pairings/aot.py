@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from aotbench import hookimpl
-from aotbench.assignment import canonical_ties, check_cost, cost_matrix, per_class
+from aotbench.assignment import canonical_ties, check_cost, check_finite, cost_matrix, per_class
 
 SOLVERS = ("auto", "lapjv", "lap", "scipy", "emd")
 #: up to this data dimension, auto uses POT's network simplex (see the module docstring)
@@ -84,8 +84,12 @@ def pick_solver(requested: str, dim: int | None = None):
 
 
 def assignment(c: torch.Tensor | np.ndarray, solver: str = "auto", dim: int | None = None) -> np.ndarray:
-    """Column index for each row minimizing sum_i C[i, col[i]] (exact); ``dim`` (of the data) guides ``auto``."""
+    """Column index for each row minimizing sum_i C[i, col[i]] (exact); ``dim`` (of the data) guides ``auto``.
+
+    A non-finite C is refused before a solver sees it (lapjv crashes the process on one; see ``check_finite``).
+    """
     c = np.ascontiguousarray(c.numpy() if isinstance(c, torch.Tensor) else c)
+    check_finite(c, "aot")
     return pick_solver(solver, dim)[1](c)
 
 
@@ -114,7 +118,7 @@ class AOT:
 
     def pair(self, data, noise, labels=None):
         def solve(idx):
-            c = cost_matrix(data[idx], noise[idx], self.cost, self.chunk, self.device, self.max_bytes)
+            c = cost_matrix(data[idx], noise[idx], self.cost, self.chunk, self.device, self.max_bytes, who="aot")
             q = torch.from_numpy(assignment(c, self.solver, data[0].numel())).long()
             return canonical_ties(data[idx], q)  # the same pairs whichever exact solver ran
         return per_class(labels if self.per_class else None, data.shape[0], solve)

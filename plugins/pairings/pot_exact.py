@@ -14,16 +14,18 @@ import numpy as np
 import torch
 
 from aotbench import hookimpl
-from aotbench.assignment import canonical_ties, check_cost, cost_matrix, per_class
+from aotbench.assignment import canonical_ties, check_cost, check_finite, cost_matrix, per_class
 
 
 def emd_permutation(c: np.ndarray, num_iter_max: int = 100_000, max_iter_cap: int = 100_000_000) -> np.ndarray:
     """The optimal permutation for a square cost matrix by POT's network simplex, run to optimality.
 
-    The iteration cap is raised tenfold until POT reports an optimal plan; past ``max_iter_cap`` it raises.
+    The iteration cap is raised tenfold until POT reports an optimal plan; past ``max_iter_cap`` it raises. A
+    non-finite C is refused first (POT would report an infeasible problem at every cap; see ``check_finite``).
     """
     import ot
 
+    check_finite(c, "pot-exact")
     n = c.shape[0]
     w = np.full(n, 1.0 / n)
     cap = num_iter_max
@@ -56,7 +58,7 @@ class POTExact:
 
     def pair(self, data, noise, labels=None):
         def solve(idx):
-            c = cost_matrix(data[idx], noise[idx], self.cost).double().numpy()
+            c = cost_matrix(data[idx], noise[idx], self.cost, who="pot-exact").double().numpy()
             try:
                 q = torch.from_numpy(emd_permutation(c, self.num_iter_max, self.max_iter_cap)).long()
             except RuntimeError as err:
