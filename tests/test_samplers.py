@@ -194,3 +194,24 @@ def test_rk45_reaches_the_exact_solution_within_tolerance(registry):
 def test_sampler_parameters_outside_their_domain_are_refused(registry, sampler, params, msg):
     with pytest.raises(UserError, match=msg):
         registry.get("sampler", sampler).resolve(params)
+
+
+def test_rk45_fails_in_one_line_instead_of_stopping_short_at_its_step_cap(registry):
+    fn = registry.get("sampler", "rk45").build(max_steps=3)
+    d = GaussianDenoiser(0.0, 0.5)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+    with pytest.raises(UserError, match=r"did not reach sigma_min 0.002 within max_steps=3"):
+        fn(lambda x, s, **_: d(x, s), x, karras_sigmas(18))
+
+
+def test_rk45_fails_in_one_line_on_a_denoiser_that_returns_nan(registry):
+    fn = registry.get("sampler", "rk45").build()
+    calls = []
+
+    def nan_denoiser(x, s, **_):  # would make the step shrink forever: every step is rejected
+        calls.append(1)
+        return torch.full_like(x, float("nan"))
+
+    with pytest.raises(UserError, match="became non-finite"):
+        fn(nan_denoiser, torch.ones(4, 2, dtype=torch.float64) * 80, karras_sigmas(18))
+    assert len(calls) <= 7  # one attempted step (the first slope and six stages), then the error
