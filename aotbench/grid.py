@@ -80,6 +80,10 @@ def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
         raise UserError("give the training duration once: train_steps or train_mimg, not both")
     datasets = [resolve(registry, "dataset", d) for d in spec.get("dataset") or registry.defaults("dataset")]
     metrics = tuple(resolve(registry, "metric", m) for m in spec.get("metrics") or registry.defaults("metric"))
+    twice = sorted({m.name for m in metrics if sum(n.name == m.name for n in metrics) > 1})
+    if twice:  # one record per cell holds one value per metric name: the second would silently replace the first
+        raise UserError(f"metric {', '.join(twice)} asked for twice in one grid; a cell records one value per metric "
+                        f"name, so compare its settings in separate --experiment folders")
     cells: list[CellConfig] = []
     for dataset in datasets:
         fingerprint = load_splits(registry, dataset).fingerprint

@@ -322,3 +322,10 @@ def test_non_finite_data_from_any_plugin_is_refused_in_one_line(registry, value)
     plugged = with_components(registry, Component("dataset", "nan-digits", NaNDigits, "thirdparty", "thirdparty"))
     with pytest.raises(UserError, match=r"'nan-digits' \(from thirdparty\): train holds 1 non-finite value"):
         datasets.load_splits(plugged, resolve(plugged, "dataset", f"nan-digits:value={value}"))
+
+
+def test_one_metric_asked_for_twice_is_refused_instead_of_one_value_silently_replacing_the_other(registry):
+    from aotbench.errors import UserError
+
+    with pytest.raises(UserError, match="metric w2 asked for twice"):
+        expand(registry, {**MOONS, "metrics": "nfe,w2:max_n=100,w2:max_n=200"})
