@@ -1,12 +1,17 @@
-"""The training engine: EDM loss on AOT-paired pools, EMA, atomic checkpoints and exact resume.
+"""The training engine: EDM's training loop on AOT-paired pools, with EMA, atomic checkpoints and exact resume.
 
-One cycle per pool: draw a pool of P samples and P standard-normal noises, pair them once
-with the pairing plugin, then consume the pool in P/b optimizer steps (b = per-rank batch), drawing each sample's
-sigma after pairing. Pools are paired ahead in a background worker (:func:`aotbench.pool.iter_pools`).
+:func:`train_model` follows EDM's ``training/training_loop.py`` (Karras, Aittala, Aila, Laine, "Elucidating the
+Design Space of Diffusion-Based Generative Models", NeurIPS 2022) paragraph by paragraph: accumulate gradients, update
+weights, update EMA, save the training state, check for abort. The loss is EDM's (``training/loss.py``, ``EDMLoss``;
+:func:`aotbench.edm.edm_loss`). What differs is where a batch comes from, Approximated Optimal Transport (AOT; Kim,
+Choi, Shin, Hwang, Yoon, arXiv 2403.05069): each rank draws a pool of P samples and P standard-normal noises, pairs
+them once with the pairing plugin, and consumes the pool in P/b optimizer steps (b = per-rank batch), drawing each
+sample's sigma after pairing. Pools are paired ahead in a background worker (:func:`aotbench.pool.iter_pools`).
 
-Every random draw is seeded by its coordinates (seed, rank, pool or step), and the checkpoint holds the model, EMA
-and optimizer, so a run resumed from any checkpoint ends with bit-identical weights to an uninterrupted one
-(on the same device and thread count).
+Every random draw is seeded by its coordinates (seed, rank, pool or step), so the position in the data and every
+random state follow from the step counter; the checkpoint (:class:`TrainState`) holds the model, EMA, optimizer and
+step, and a run resumed from any checkpoint ends with bit-identical weights to an uninterrupted one (on the same
+device and thread count).
 """
 
 from __future__ import annotations
@@ -18,24 +23,28 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from . import edm
-from .config import Choice, TrainConfig
+from .config import TrainConfig
 from .data import Splits
 from .datasets import check_bound, load_splits
 from .errors import UserError
 from .plugins import Registry
-from .pool import PoolSource, iter_pools
+from .pool import Pool, PoolSource, iter_pools
 from .progress import bar
 from .seeds import derive, generator
 from .storage import atomic_torch_save, load_checkpoint
 
 CKPT_FORMAT = "aotbench-model-v1"
+#: the wall-clock totals a checkpoint carries, in seconds (see :class:`TrainState`)
+TIMINGS = ("train_seconds", "pair_seconds", "pair_wait_seconds")
+#: autocast dtype of each mixed precision (fp32 runs without autocast)
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Interrupted(Exception):
@@ -44,15 +53,21 @@ class Interrupted(Exception):
 
 @dataclass
 class TrainOptions:
-    """How to run training (not part of the model's identity)."""
+    """How to run training (not part of the model's identity).
+
+    ``ckpt_every`` and ``log_every`` count optimizer steps. ``device`` is a torch device string (``cpu``,
+    ``cuda``, ``cuda:1``).
+    """
 
     device: str = "cpu"
     ckpt_every: int = 500
     #: background pairing processes; None = auto: one when a core is left over (a GPU run, or more cores than
     #: torch threads), else pair in line (on a 2-core laptop a worker would only fight the trainer for cores)
     pair_workers: int | None = None
+    #: torch threads of each pairing process
     pair_threads: int = 1
     progress: bool = True
+    #: stop on ``stop_signals`` after the current step, with a checkpoint (only in the main thread)
     handle_signals: bool = False
     log_every: int = 50
     #: called after every optimizer step as on_step(step, loss); raising from it stops training (tests use this)
@@ -67,6 +82,16 @@ class TrainOptions:
 
 
 def build_model(registry: Registry, cfg: TrainConfig, splits: Splits) -> edm.Precond:
+    """The denoiser of ``cfg``, freshly initialized: the network plugin wrapped in EDM's preconditioning.
+
+    The network takes samples of shape ``splits.shape`` ([C, H, W] images, [D] points) and, for a conditional
+    model, ``splits.num_classes`` classes (index ``num_classes`` is "no label", for label dropout); its weights are
+    drawn under the seed ``derive("init", cfg.seed)`` without moving the global RNG. Preconditioning is EDM's Table 1
+    (``training/networks.py``, ``EDMPrecond``; :class:`aotbench.edm.Precond`). On the CPU, in train mode.
+
+    Raises :class:`UserError` for a conditional model on data without labels, and for a network that refuses the
+    data's shape (its ``ValueError`` or ``TypeError``).
+    """
     num_classes = splits.num_classes if cfg.conditional else 0
     if cfg.conditional and (splits.train_labels is None or splits.num_classes < 1):
         raise UserError(f"dataset '{cfg.dataset.name}' has no labels; a conditional model needs them")
@@ -87,21 +112,80 @@ def _set_tf32(device: torch.device, precision: str) -> None:
         torch.backends.cudnn.allow_tf32 = False
 
 
-def _fresh_state(model, cfg):
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
-    return ema, opt
+@dataclass
+class TrainState:
+    """A run in progress, everything its checkpoint holds: EDM's training-state dump (network and optimizer) plus
+    the EMA that EDM keeps in its network snapshots, the step counter, timings and the loss history.
 
+    There is no RNG state or data position to keep: step ``s`` trains on batch ``j = s % cfg.steps_per_pool`` of
+    pool ``k = s // cfg.steps_per_pool``, and every draw (pool indices, augmentation, noise, sigma, dropout) is
+    seeded by (seed, rank, k or s) (:mod:`aotbench.seeds`). fp16's loss scale is not kept either, so an fp16 run
+    resumes with the initial scale.
 
-def _checkpoint(path, cfg, step, model, ema, opt, timing, history):
-    atomic_torch_save(path, {
-        "format": CKPT_FORMAT, "train_key": cfg.key, "config": cfg.to_dict(), "step": step, "done": step >= cfg.steps,
-        "net": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-        "timing": dict(timing), "history": [list(h) for h in history]})
+    - ``model``, ``ema``: :class:`aotbench.edm.Precond` on the training device; ``ema`` in eval mode, no grad;
+    - ``opt``: Adam over ``model``'s parameters;
+    - ``step``: optimizer steps taken (``step * cfg.batch`` images seen);
+    - ``timing``: seconds, keyed by :data:`TIMINGS`: wall time inside the training loop across resumes, time
+      inside the pairing (wherever it ran), time the trainer waited for a paired pool;
+    - ``history``: ``(step, loss)`` pairs, the loss being EDM's per-sample loss averaged over the global batch and
+      over the steps since the previous pair (or since the run was resumed: the window is not kept).
+    """
+
+    cfg: TrainConfig
+    model: edm.Precond
+    ema: edm.Precond
+    opt: torch.optim.Optimizer
+    step: int = 0
+    timing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def fresh(cls, cfg: TrainConfig, model: edm.Precond) -> TrainState:
+        """Step 0 of ``model``: its EMA a copy of it, and Adam at ``cfg.lr`` with EDM's betas (0.9, 0.999) and
+        eps 1e-8 (EDM's ``train.py`` optimizer settings)."""
+        ema = copy.deepcopy(model).eval().requires_grad_(False)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+        return cls(cfg, model, ema, opt)
+
+    def load(self, ckpt: dict) -> None:
+        """Take over a checkpoint of this configuration (:func:`read_model_checkpoint`): weights, EMA, optimizer
+        state, step, timings and history."""
+        self.model.load_state_dict(ckpt["net"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.opt.load_state_dict(ckpt["opt"])
+        self.step, self.timing, self.history = ckpt["step"], dict(ckpt["timing"]), [tuple(h) for h in ckpt["history"]]
+
+    def save(self, path: Path) -> None:
+        """Write the checkpoint to ``path`` atomically, sealed with its sha256 (:func:`aotbench.storage.
+        atomic_torch_save`).
+
+        Format ``aotbench-model-v1``, a dict read back with ``weights_only=True``: ``format``, ``train_key``,
+        ``config`` (``TrainConfig.to_dict()``), ``step``, ``done`` (``step >= cfg.steps``), the state dicts
+        ``net``, ``ema`` and ``opt``, ``timing`` and ``history`` (pairs as lists).
+        """
+        atomic_torch_save(path, {
+            "format": CKPT_FORMAT, "train_key": self.cfg.key, "config": self.cfg.to_dict(), "step": self.step,
+            "done": self.step >= self.cfg.steps, "net": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(), "timing": dict(self.timing), "history": [list(h) for h in self.history]})
+
+    def update_ema(self) -> None:
+        """EDM's EMA (``training_loop.py``, "Update EMA"): every parameter ``ema <- beta ema + (1 - beta) model``,
+        with ``beta`` for a half-life of ``cfg.ema_halflife_img`` images, capped at ``cfg.ema_rampup_ratio`` times
+        the images seen, this step's included (:func:`aotbench.edm.ema_beta`); buffers are copied."""
+        cfg = self.cfg
+        beta = edm.ema_beta(cfg.batch, self.step * cfg.batch, cfg.ema_halflife_img, cfg.ema_rampup_ratio)
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in self.model.parameters()], 1 - beta)
+            for be, bm in zip(self.ema.buffers(), self.model.buffers()):
+                be.copy_(bm)
 
 
 def read_model_checkpoint(path: Path, cfg: TrainConfig) -> dict:
-    """A checkpoint of exactly this configuration (else a one-line error)."""
+    """The checkpoint at ``path`` (the dict :meth:`TrainState.save` writes), which must be of exactly ``cfg``.
+
+    Raises :class:`UserError` (one line) for a missing, damaged, unsealed, unsafe or foreign file
+    (:func:`aotbench.storage.load_checkpoint`) and for a checkpoint of another configuration.
+    """
     ckpt = load_checkpoint(path, CKPT_FORMAT)
     if ckpt.get("train_key") != cfg.key:
         raise UserError(f"checkpoint {path} belongs to another configuration "
@@ -110,7 +194,9 @@ def read_model_checkpoint(path: Path, cfg: TrainConfig) -> dict:
 
 
 class _StopFlag:
-    """SIGTERM/SIGUSR2 -> finish the current step, checkpoint, stop (installed only in the main thread)."""
+    """SIGTERM/SIGUSR2 -> finish the current step, checkpoint, stop (installed only in the main thread).
+
+    A context manager: leaving it puts the previous handlers back."""
 
     def __init__(self, enabled: bool, signals: tuple | None = None):
         self.signum = None
@@ -122,143 +208,123 @@ class _StopFlag:
     def _handle(self, signum, _frame):
         self.signum = signum
 
-    def restore(self):
+    def __enter__(self) -> _StopFlag:
+        return self
+
+    def __exit__(self, *_exc) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
 
 
-def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOptions | None = None) -> dict:
-    """Train (or resume, or just load) the model of ``cfg`` at ``path``; returns the final checkpoint dict."""
-    opts = opts or TrainOptions()
-    path = Path(path)
-    splits = load_splits(registry, cfg.dataset)
-    check_bound(splits, cfg)
-    device = torch.device(opts.device)
-    _set_tf32(device, cfg.precision)
-    model = build_model(registry, cfg, splits).to(device).train()
-    ema, opt = _fresh_state(model, cfg)
-    step, timing, history = 0, {"train_seconds": 0.0, "pair_seconds": 0.0, "pair_wait_seconds": 0.0}, []
-    if path.exists():
-        ckpt = read_model_checkpoint(path, cfg)
-        if ckpt["done"]:
-            return ckpt
-        model.load_state_dict(ckpt["net"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["opt"])
-        step, timing, history = ckpt["step"], dict(ckpt["timing"]), [tuple(h) for h in ckpt["history"]]
+def _pool_streams(registry: Registry, cfg: TrainConfig, splits: Splits, ranks: list[int], step: int,
+                  device: torch.device, opts: TrainOptions) -> dict[int, Iterator[Pool]]:
+    """Each rank's paired pools (AOT: one assignment per pool of ``cfg.pool`` samples, per rank as in the paper),
+    from the pool that holds ``step`` to the last one, paired ahead by background workers when there are any.
 
-    distributed = opts.world_size > 1
-    if distributed and opts.world_size != cfg.ranks:
-        raise UserError(f"launched with {opts.world_size} processes but the config has ranks={cfg.ranks}")
-    my_ranks = [opts.world_rank] if distributed else list(range(cfg.ranks))
-    wrapped = model
-    if distributed:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
+    Raises :class:`UserError` for a pairing that cannot be pickled to a worker (:func:`aotbench.pool.iter_pools`).
+    """
     pairing = registry.get("pairing", cfg.pairing.name).build(**cfg.pairing.kwargs)
     augment = None
     if cfg.augment_p > 0:
         from .augment import AugmentPipe
         augment = AugmentPipe(p=cfg.augment_p)
     labels = splits.train_labels if cfg.conditional else None
-    sources = {r: PoolSource(splits.train, labels, cfg.pool, cfg.seed, r, pairing, cfg.pairing.name, augment)
-               for r in my_ranks}
     workers = opts.pair_workers
     if workers is None:
         workers = 1 if device.type == "cuda" or (os.cpu_count() or 1) > torch.get_num_threads() else 0
-    b, spp = cfg.rank_batch, cfg.steps_per_pool
-    first_pool, last_pool = step // spp, math.ceil(cfg.steps / spp)
     # A forked worker must not start an OpenMP pool its parent already started (libgomp hangs), nor touch CUDA:
     # more than one pairing thread, or a CUDA trainer, gets a spawned worker instead.
     context = "spawn" if opts.pair_threads > 1 or device.type == "cuda" else None
-    streams = {r: iter_pools(sources[r], first_pool, last_pool, workers, opts.pair_threads, context)
-               for r in my_ranks}
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    first, last = step // cfg.steps_per_pool, math.ceil(cfg.steps / cfg.steps_per_pool)
+    sources = {r: PoolSource(splits.train, labels, cfg.pool, cfg.seed, r, pairing, cfg.pairing.name, augment)
+               for r in ranks}
+    return {r: iter_pools(sources[r], first, last, workers, opts.pair_threads, context) for r in ranks}
 
-    stop = _StopFlag(opts.handle_signals, opts.stop_signals)
-    pools, sigmas = {}, {}
-    running, n_running = 0.0, 0
-    t_start = time.perf_counter()
+
+@contextlib.contextmanager
+def _closing(streams: dict[int, Iterator[Pool]]) -> Iterator[None]:
+    """Close every pool stream on the way out, in rank order (which stops its pairing workers)."""
     try:
-        with bar(total=cfg.steps, initial=step, desc=f"train {cfg.pairing.name}", disable=not opts.progress,
-                 unit="step") as pb:
-            while step < cfg.steps:
-                k, j = divmod(step, spp)
-                if j == 0 or not pools:
-                    t_wait = time.perf_counter()
-                    for r in my_ranks:
-                        pools[r] = next(streams[r])
-                        assert pools[r].k == k
-                        sigmas[r] = edm.sample_sigma(cfg.pool, generator("sigma", cfg.seed, r, k))
-                        timing["pair_seconds"] += pools[r].pair_seconds
-                    timing["pair_wait_seconds"] += time.perf_counter() - t_wait
-                for g in opt.param_groups:
-                    g["lr"] = edm.lr_at(cfg.lr, step * cfg.batch, cfg.lr_rampup_img)
-                opt.zero_grad(set_to_none=True)
-                step_loss = 0.0
-                for r in my_ranks:
-                    batch = pools[r].batch(j, b)
-                    sigma = sigmas[r][j * b:(j + 1) * b]
-                    torch.manual_seed(derive("step", cfg.seed, r, step))  # dropout and label dropout
-                    cls = batch["labels"]
-                    if cls is not None and cfg.label_dropout > 0:
-                        drop = torch.rand(cls.shape[0]) < cfg.label_dropout
-                        cls = torch.where(drop, torch.full_like(cls, splits.num_classes), cls)
-                    m = b // cfg.grad_accum
-                    for a in range(cfg.grad_accum):
-                        sl = slice(a * m, (a + 1) * m)
-                        args = [t[sl].to(device) if t is not None else None
-                                for t in (batch["y"], batch["noise"], sigma, cls, batch["augment_labels"])]
-                        sync = not distributed or a == cfg.grad_accum - 1
-                        ctx = wrapped.no_sync() if not sync else contextlib.nullcontext()
-                        with ctx, torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                                 enabled=autocast_dtype is not None):
-                            loss = edm.edm_loss(wrapped, *args).mean() / (cfg.grad_accum * len(my_ranks))
-                        scaler.scale(loss).backward()
-                        step_loss += float(loss.detach())
-                if distributed:
-                    step_loss, agreed_signal = _agree(step_loss, stop, opts.world_size, device)
-                if not math.isfinite(step_loss):
-                    kept = f"the last checkpoint {path} is kept" if path.exists() else "no checkpoint was written yet"
-                    raise UserError(f"training loss became {step_loss} at step {step} (lr {cfg.lr}); {kept}; lower "
-                                    f"the lr or check the data")
-                scaler.step(opt)
-                scaler.update()
-                step += 1
-                beta = edm.ema_beta(cfg.batch, step * cfg.batch, cfg.ema_halflife_img, cfg.ema_rampup_ratio)
-                with torch.no_grad():
-                    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - beta)
-                    for be, bm in zip(ema.buffers(), model.buffers()):
-                        be.copy_(bm)
-                running, n_running = running + step_loss, n_running + 1
-                if step % opts.log_every == 0 or step == cfg.steps:
-                    history.append((step, running / n_running))
-                    pb.set_postfix(loss=f"{running / n_running:.4f}")
-                    running, n_running = 0.0, 0
-                pb.update()
-                if opts.on_step is not None:
-                    opts.on_step(step, step_loss)
-                leader = opts.world_rank == 0
-                # DDP: act only on the signal every rank agreed on in this step (one that arrives later on one
-                # rank is agreed on in the next step), so all ranks checkpoint and stop together
-                signum = agreed_signal if distributed else stop.signum
-                if signum is not None or step % opts.ckpt_every == 0 or step == cfg.steps:
-                    timing["train_seconds"] += time.perf_counter() - t_start
-                    t_start = time.perf_counter()
-                    if leader:
-                        _checkpoint(path, cfg, step, model, ema, opt, timing, history)
-                    if distributed:
-                        torch.distributed.barrier()
-                    if signum is not None:
-                        raise Interrupted(f"training stopped by signal {signum} at step {step}/{cfg.steps}; "
-                                          f"checkpoint written to {path}; rerun to resume")
+        yield
     finally:
-        stop.restore()
         for s in streams.values():
             s.close()
-    return load_checkpoint(path, CKPT_FORMAT)
+
+
+def _next_pools(streams: dict[int, Iterator[Pool]], k: int, cfg: TrainConfig,
+                timing: dict[str, float]) -> tuple[dict[int, Pool], dict[int, torch.Tensor]]:
+    """Pool ``k`` of every rank, and its training noise levels ([cfg.pool] sigmas, EDM's log-normal, drawn after
+    pairing from a generator seeded by (seed, rank, k)); adds the pairing and waiting time to ``timing``."""
+    t_wait = time.perf_counter()
+    pools, sigmas = {}, {}
+    for r, stream in streams.items():
+        pools[r] = next(stream)
+        assert pools[r].k == k
+        sigmas[r] = edm.sample_sigma(cfg.pool, generator("sigma", cfg.seed, r, k))
+        timing["pair_seconds"] += pools[r].pair_seconds
+    timing["pair_wait_seconds"] += time.perf_counter() - t_wait
+    return pools, sigmas
+
+
+def _drop_labels(labels: torch.Tensor | None, p: float, num_classes: int) -> torch.Tensor | None:
+    """Label dropout (for classifier-free guidance): each of the [b] labels becomes the "no label" index
+    ``num_classes`` with probability ``p``, drawn from the global generator."""
+    if labels is None or p <= 0:
+        return labels
+    drop = torch.rand(labels.shape[0]) < p
+    return torch.where(drop, torch.full_like(labels, num_classes), labels)
+
+
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The forward pass's autocast for ``precision`` (disabled for fp32)."""
+    dtype = _AUTOCAST.get(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def _accumulate_gradients(net: torch.nn.Module, state: TrainState, scaler: torch.amp.GradScaler,
+                          pools: dict[int, Pool], sigmas: dict[int, torch.Tensor], j: int, num_classes: int,
+                          device: torch.device) -> float:
+    """EDM's "Accumulate gradients" for batch ``j`` of every rank's pool, in ``cfg.grad_accum`` rounds per rank.
+
+    ``net`` is the model, or its DDP wrapper (which then all-reduces the gradients in each rank's last round only).
+    Each rank's dropout and label dropout are seeded by (seed, rank, step). The loss of each round is EDM's
+    (:func:`aotbench.edm.edm_loss`) averaged over the round's samples and divided by rounds x ranks, so the gradients
+    and the returned float are those of the mean loss over the global batch.
+    """
+    cfg = state.cfg
+    b, rounds = cfg.rank_batch, cfg.grad_accum
+    m = b // rounds
+    distributed = isinstance(net, torch.nn.parallel.DistributedDataParallel)
+    step_loss = 0.0
+    for r, pool in pools.items():
+        batch = pool.batch(j, b)
+        torch.manual_seed(derive("step", cfg.seed, r, state.step))
+        labels = _drop_labels(batch["labels"], cfg.label_dropout, num_classes)
+        tensors = (batch["y"], batch["noise"], sigmas[r][j * b:(j + 1) * b], labels, batch["augment_labels"])
+        for a in range(rounds):
+            args = [None if t is None else t[a * m:(a + 1) * m].to(device) for t in tensors]
+            no_sync = net.no_sync() if distributed and a < rounds - 1 else contextlib.nullcontext()
+            with no_sync, _autocast(device, cfg.precision):
+                loss = edm.edm_loss(net, *args).mean() / (rounds * len(pools))
+            scaler.scale(loss).backward()
+            step_loss += float(loss.detach())
+    return step_loss
+
+
+def optimizer_step(state: TrainState, scaler: torch.amp.GradScaler) -> None:
+    """EDM's "Update weights": one Adam step on the accumulated gradients, then one more on ``state.step``.
+
+    The learning rate ramps up linearly over ``cfg.lr_rampup_img`` images (:func:`aotbench.edm.lr_at`, at
+    ``state.step * cfg.batch`` images seen before this step), as in EDM's ``training_loop.py``. ``scaler`` (fp16)
+    unscales the gradients, skips the step if they overflowed and updates its scale; disabled, it steps plainly.
+    EDM's ``nan_to_num`` on the gradients has no counterpart: a non-finite loss stops training before this step.
+    """
+    cfg = state.cfg
+    for g in state.opt.param_groups:
+        g["lr"] = edm.lr_at(cfg.lr, state.step * cfg.batch, cfg.lr_rampup_img)
+    scaler.step(state.opt)
+    scaler.update()
+    state.step += 1
 
 
 def _agree(step_loss: float, stop: _StopFlag, world_size: int, device: torch.device) -> tuple[float, int | None]:
@@ -274,8 +340,133 @@ def _agree(step_loss: float, stop: _StopFlag, world_size: int, device: torch.dev
     return loss.item() / world_size, int(sig.item()) or None
 
 
+def _check_finite(step_loss: float, state: TrainState, path: Path) -> None:
+    """Refuse a NaN or infinite loss in one line, before it reaches the weights (the last checkpoint stays)."""
+    if math.isfinite(step_loss):
+        return
+    kept = f"the last checkpoint {path} is kept" if path.exists() else "no checkpoint was written yet"
+    raise UserError(f"training loss became {step_loss} at step {state.step} (lr {state.cfg.lr}); {kept}; lower "
+                    f"the lr or check the data")
+
+
+def _save(state: TrainState, path: Path, leader: bool, distributed: bool) -> None:
+    """The leader (rank 0) writes the checkpoint; under DDP every rank then waits for it."""
+    if leader:
+        state.save(path)
+    if distributed:
+        torch.distributed.barrier()
+
+
+def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOptions | None = None) -> dict:
+    """Train the model of ``cfg`` into the checkpoint at ``path``: from scratch, resumed from the checkpoint there,
+    or, when that checkpoint is done, just read.
+
+    EDM's training loop (``training/training_loop.py``) on AOT pools: ``cfg.steps`` optimizer steps of
+    ``cfg.batch`` samples over ``cfg.ranks`` ranks, each rank training on ``cfg.rank_batch`` samples of its own
+    paired pool of ``cfg.pool``. With ``opts.world_size > 1`` this process is rank ``opts.world_rank`` of a DDP
+    run; else it simulates all ``cfg.ranks`` ranks itself. The checkpoint is written every ``opts.ckpt_every``
+    steps, at the end, and after the step in which a stop signal arrived.
+
+    Returns the final checkpoint (the dict :meth:`TrainState.save` writes). Raises :class:`UserError` (one line)
+    for data that no longer matches ``cfg``, a network or pairing that refuses the data or its workers, a damaged
+    checkpoint or one of another configuration, a world size other than ``cfg.ranks``, and a non-finite loss;
+    :class:`Interrupted` after a stop signal (the checkpoint is written: rerun to resume). An exception from
+    ``opts.on_step`` stops training with the last checkpoint as it was.
+    """
+    # Initialize.
+    opts = opts or TrainOptions()
+    path = Path(path)
+    splits = load_splits(registry, cfg.dataset)
+    check_bound(splits, cfg)
+    device = torch.device(opts.device)
+    _set_tf32(device, cfg.precision)
+
+    # Construct the network, its EMA and the optimizer; resume from the checkpoint, if there is one.
+    state = TrainState.fresh(cfg, build_model(registry, cfg, splits).to(device).train())
+    if path.exists():
+        ckpt = read_model_checkpoint(path, cfg)
+        if ckpt["done"]:
+            return ckpt
+        state.load(ckpt)
+
+    # Place this process: under DDP it trains its own rank, else it simulates every rank.
+    distributed = opts.world_size > 1
+    if distributed and opts.world_size != cfg.ranks:
+        raise UserError(f"launched with {opts.world_size} processes but the config has ranks={cfg.ranks}")
+    my_ranks = [opts.world_rank] if distributed else list(range(cfg.ranks))
+    net = state.model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            state.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # Start the pools, from the one this step is in, and the loss scaler (active for fp16 only).
+    streams = _pool_streams(registry, cfg, splits, my_ranks, state.step, device, opts)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    # Train.
+    leader = opts.world_rank == 0
+    pools, sigmas = {}, {}
+    running, n_running = 0.0, 0
+    t_start = time.perf_counter()
+    with (_closing(streams), _StopFlag(opts.handle_signals, opts.stop_signals) as stop,
+          bar(total=cfg.steps, initial=state.step, desc=f"train {cfg.pairing.name}", disable=not opts.progress,
+              unit="step") as pb):
+        while state.step < cfg.steps:
+
+            # Fetch the next pool: at its first step, and at the first step after resuming mid-pool.
+            k, j = divmod(state.step, cfg.steps_per_pool)
+            if j == 0 or not pools:
+                pools, sigmas = _next_pools(streams, k, cfg, state.timing)
+
+            # Accumulate gradients.
+            state.opt.zero_grad(set_to_none=True)
+            step_loss = _accumulate_gradients(net, state, scaler, pools, sigmas, j, splits.num_classes, device)
+
+            # Agree across DDP ranks on the loss and on a stop signal; stop on a non-finite loss.
+            if distributed:
+                step_loss, agreed_signal = _agree(step_loss, stop, opts.world_size, device)
+            _check_finite(step_loss, state, path)
+
+            # Update weights.
+            optimizer_step(state, scaler)
+
+            # Update EMA.
+            state.update_ema()
+
+            # Report the loss: the history keeps its mean over each log_every steps, on_step sees every step's.
+            running, n_running = running + step_loss, n_running + 1
+            if state.step % opts.log_every == 0 or state.step == cfg.steps:
+                state.history.append((state.step, running / n_running))
+                pb.set_postfix(loss=f"{running / n_running:.4f}")
+                running, n_running = 0.0, 0
+            pb.update()
+            if opts.on_step is not None:
+                opts.on_step(state.step, step_loss)
+
+            # Save the training state every ckpt_every steps, at the end, and on a stop signal. Under DDP only the
+            # signal every rank agreed on in this step counts (one that arrives later on one rank is agreed on in
+            # the next step), so all ranks checkpoint and stop together.
+            signum = agreed_signal if distributed else stop.signum
+            if signum is not None or state.step % opts.ckpt_every == 0 or state.step == cfg.steps:
+                state.timing["train_seconds"] += time.perf_counter() - t_start
+                t_start = time.perf_counter()
+                _save(state, path, leader, distributed)
+
+            # Check for abort.
+            if signum is not None:
+                raise Interrupted(f"training stopped by signal {signum} at step {state.step}/{cfg.steps}; "
+                                  f"checkpoint written to {path}; rerun to resume")
+
+    # Done: every rank returns the checkpoint the leader wrote last.
+    return load_checkpoint(path, CKPT_FORMAT)
+
+
 def load_ema(registry: Registry, cfg: TrainConfig, ckpt: dict, device="cpu") -> edm.Precond:
-    """The EMA denoiser of a finished checkpoint, in eval mode."""
+    """The EMA denoiser D(x; sigma) of a checkpoint of ``cfg`` (the dict :func:`train_model` returns), on
+    ``device``, in eval mode without gradients: what every sampler and metric evaluates (EDM samples its EMA).
+
+    Raises :class:`UserError` as :func:`build_model` does, and ``RuntimeError`` for weights of another network.
+    """
     splits = load_splits(registry, cfg.dataset)
     model = build_model(registry, cfg, splits)
     model.load_state_dict(ckpt["ema"])

@@ -13,9 +13,10 @@ import time
 import pytest
 import torch
 
+from aotbench.datasets import load_splits
 from aotbench.errors import UserError
 from aotbench.plugins import Component
-from aotbench.train import TrainOptions, read_model_checkpoint, train_model
+from aotbench.train import TrainOptions, TrainState, build_model, read_model_checkpoint, train_model
 from conftest import state_equal, tiny_train, with_components
 
 
@@ -38,6 +39,21 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(registry, t
     c = train_model(registry, tiny_train(registry, steps=40, seed=1), tmp_path / "c.pt", opts())
     assert state_equal(a["ema"], b["ema"]) and state_equal(a["net"], b["net"])
     assert not state_equal(a["net"], c["net"])
+
+
+def test_the_training_state_round_trips_through_its_checkpoint(registry, tmp_path):
+    cfg = tiny_train(registry, steps=20)
+    ckpt = train_model(registry, cfg, tmp_path / "m.pt", opts(log_every=5))
+    state = TrainState.fresh(cfg, build_model(registry, cfg, load_splits(registry, cfg.dataset)))
+    state.load(read_model_checkpoint(tmp_path / "m.pt", cfg))
+    state.save(tmp_path / "again.pt")
+    again = read_model_checkpoint(tmp_path / "again.pt", cfg)
+    assert list(again) == ["format", "train_key", "config", "step", "done", "net", "ema", "opt", "timing", "history"]
+    assert again["step"] == 20 and again["done"] and again["timing"] == ckpt["timing"]
+    assert again["history"] == ckpt["history"] and [s for s, _ in again["history"]] == [5, 10, 15, 20]
+    assert state_equal(again["net"], ckpt["net"]) and state_equal(again["ema"], ckpt["ema"])
+    assert again["opt"]["param_groups"] == ckpt["opt"]["param_groups"]
+    assert all(state_equal(again["opt"]["state"][i], ckpt["opt"]["state"][i]) for i in ckpt["opt"]["state"])
 
 
 class _Kill(Exception):
