@@ -1,4 +1,5 @@
-"""Building blocks shared by pairing plugins: cost matrices, per-class blocks, total cost.
+"""Building blocks shared by pairing plugins: cost matrices, per-class blocks, total cost, and the exact OT plan of
+two equal pools as a permutation (:func:`emd_permutation`).
 
 Costs: ``"l2"`` is the plain Euclidean distance ||x - z|| (the paper's ``torch.cdist``); ``"sqeuclidean"``
 is ||x - z||^2 (W2's ground cost, and torchcfm's). They give different optimal permutations for pools of a few
@@ -6,6 +7,8 @@ hundred and more.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -20,6 +23,7 @@ NON_FINITE = ("the data or noise holds non-finite values, or values so large tha
 
 
 def check_cost(cost: str) -> None:
+    """Raise ValueError unless ``cost`` is one of :data:`COSTS`."""
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
 
@@ -147,4 +151,40 @@ def per_class(labels: torch.Tensor | None, n: int, solve) -> torch.Tensor:
     for c in torch.unique(labels):
         idx = (labels == c).nonzero().flatten()
         perm[idx] = idx[torch.as_tensor(solve(idx), dtype=torch.long)]
+    return perm
+
+
+def emd_permutation(c: np.ndarray, who: str, num_iter_max: int = 100_000,
+                    max_iter_cap: int = 100_000_000) -> np.ndarray:
+    """The optimal permutation for a square cost matrix ``c`` [n, n], by POT's network simplex run to optimality.
+
+    Returns ``perm`` [n] (int64): row i is assigned column ``perm[i]``, minimizing sum_i c[i, perm[i]].
+
+    With uniform weights over two pools of equal size every vertex of the transport polytope is a permutation matrix
+    divided by n, and the network simplex ends on a vertex, so the optimal plan's row-wise argmax is the optimal
+    assignment. POT stops at ``numItermax`` and then returns a *non-optimal* plan with only a warning; here the cap
+    starts at ``num_iter_max`` and is raised tenfold until POT reports an optimal plan, and past ``max_iter_cap`` a
+    RuntimeError is raised: a non-optimal pairing is never returned silently. A non-finite ``c`` is refused first,
+    in one line naming the pairing ``who`` (POT would report an infeasible problem at every cap; see
+    :func:`check_finite`). A plan that is not a permutation matrix (degenerate marginals) raises RuntimeError.
+    """
+    import ot
+
+    check_finite(c, who)
+    n = c.shape[0]
+    w = np.full(n, 1.0 / n)
+    cap = num_iter_max
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # POT warns on the cap; result_code decides
+            plan, log = ot.emd(w, w, np.asarray(c, dtype=np.float64), numItermax=cap, log=True)
+        if log["result_code"] == 1:
+            break
+        if cap >= max_iter_cap:
+            raise RuntimeError(f"ot.emd did not reach optimality within {cap} iterations (POT says: "
+                               f"{log['warning']})")
+        cap = min(cap * 10, max_iter_cap)
+    perm = plan.argmax(1)
+    if len(np.unique(perm)) != n:
+        raise RuntimeError("the optimal plan is not a permutation matrix (degenerate marginals)")
     return perm

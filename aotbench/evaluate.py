@@ -13,6 +13,12 @@ The engine owns the two things samplers and guidance must not do themselves:
 Metrics receive an :class:`EvalContext`. Expensive things (samples, features of the reference split, the reference
 trajectory) are computed lazily and memoized, within a cell and across cells of the same model, under keys from
 :mod:`aotbench.identity`.
+
+The engine also owns the **reference solve** of the probability-flow ODE that curvature and truncation error are
+measured on (:meth:`EvalContext.solve_reference`): EDM's Heun method (:func:`reference_heun`) with
+:data:`REFERENCE_STEPS` steps on the rho = :data:`REFERENCE_RHO` schedule over the cell's sigma range, from the
+cell's own noise and labels, through its guided, counted denoiser. It is part of the engine, not a sampler plugin,
+so that what every trajectory metric measures against cannot change when a sampler plugin does.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from .plugins import Registry
 from .progress import bar
 from .seeds import PerSampleNoise, per_sample
 
+#: the reference solve (curvature, truncation error): Heun steps, and the schedule's rho
+REFERENCE_STEPS, REFERENCE_RHO = 64, 7.0
+
 
 class NFECounter:
     """Calls the model and counts rows evaluated; ``nfe(n)`` is evaluations per sample."""
@@ -44,7 +53,32 @@ class NFECounter:
             return self.model(x, sigma, class_labels)
 
     def nfe(self, n: int) -> float:
+        """Network evaluations per sample: rows evaluated so far / ``n`` samples."""
         return self.rows / n
+
+
+def reference_heun(denoise: Callable, x: torch.Tensor, sigmas: torch.Tensor, *, noise_sampler=None,
+                   callback: Callable | None = None) -> torch.Tensor:
+    """EDM's deterministic Heun method (Karras et al. 2022, Algorithm 1), the engine's reference ODE solver.
+
+    ``denoise(x, sigma, stage=0)`` returns D(x; sigma); ``x`` [B, *S] starts at noise * sigmas[0]; ``sigmas`` is
+    descending and ends in 0. Each step is an Euler step from sigma_i to sigma_{i+1} corrected by the slope at its end
+    point (``stage=1``), except the last step to sigma = 0, which stays Euler: 2 N - 1 evaluations for N steps.
+    ``callback({"i", "x", "sigma", "denoised"})`` is called after each step's first evaluation. ``noise_sampler`` is
+    accepted, as of any sampler, and unused (the method is deterministic). Returns x at sigma = 0, shaped like ``x``.
+    """
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, s)
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": s, "denoised": denoised})
+        d = (x - denoised) / s
+        x_next = x + (s_next - s) * d
+        if s_next > 0:
+            d_next = (x_next - denoise(x_next, s_next, stage=1)) / s_next
+            x_next = x + (s_next - s) * (d + d_next) / 2
+        x = x_next
+    return x
 
 
 @dataclass
@@ -135,10 +169,12 @@ class EvalContext:
 
     @property
     def noise(self) -> torch.Tensor:
+        """The cell's starting noise [n, *S] (seed range 0; see :meth:`noise_for`)."""
         return self.noise_for(0)
 
     @property
     def labels(self) -> torch.Tensor | None:
+        """The cell's mapped class labels [n] (long), or None for an unconditional model."""
         return class_labels(self.cell, self.splits, self.model)
 
     def solve(self, sample_fn: Callable, sigmas: torch.Tensor, callback: Callable | None = None,
@@ -181,6 +217,22 @@ class EvalContext:
                 out.append(x0.float().cpu())
                 pb.update(rows.stop - rows.start)
         return torch.cat(out), counter.nfe(n), {k: v / n for k, v in costs.items()}
+
+    def reference_sigmas(self) -> torch.Tensor:
+        """The reference solve's noise levels [REFERENCE_STEPS + 1], descending from the cell's sigma_max to 0: the
+        Karras schedule at rho = REFERENCE_RHO over the cell's [sigma_min, sigma_max]."""
+        return edm.karras_sigmas(REFERENCE_STEPS, self.cell.sigma_min, self.cell.sigma_max, REFERENCE_RHO)
+
+    def solve_reference(self, callback: Callable | None = None) -> tuple[torch.Tensor, float]:
+        """The reference solve of the probability-flow ODE (see the module docstring) from this cell's noise.
+
+        ``callback(info)`` receives :func:`reference_heun`'s per-step info plus ``"rows"`` (as in :meth:`solve`), so
+        a metric can accumulate along the trajectory without keeping it. Returns (x at sigma = 0 [n, *S] on the
+        CPU, NFE per sample: 2 * REFERENCE_STEPS - 1, more under a guidance that evaluates the model twice). Not
+        memoized: a caller memoizes what it derives under :func:`aotbench.identity.reference_key`.
+        """
+        x0, nfe, _ = self.solve(reference_heun, self.reference_sigmas(), callback, desc="reference ODE")
+        return x0, nfe
 
     @property
     def samples(self) -> torch.Tensor:

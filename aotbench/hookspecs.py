@@ -17,6 +17,11 @@ user-settable parameter, shown by ``python -m aotbench list`` and set on the com
 Values must be JSON scalars (int, float, bool, str) so that configurations hash stably.
 
 Shapes: ``N`` samples; ``*S`` the per-sample shape (``(2,)`` for 2-D sets, ``(C, H, W)`` for images).
+
+Each kind's typed contract is a :class:`typing.Protocol` in :mod:`aotbench.contracts` (named in each hook below), with
+the members' shapes, units, what they raise, and the optional members. Every ``register(name, obj)`` call is checked
+against it: a third-party component that lacks a required member, or whose member cannot take the engine's calls, is
+skipped with one line naming it, its plugin and the member.
 """
 
 import pluggy
@@ -26,7 +31,7 @@ hookspec = pluggy.HookspecMarker("aotbench")
 
 @hookspec
 def register_pairings(register):
-    """Register noise-data pairing strategies.
+    """Register noise-data pairing strategies (contract: :class:`aotbench.contracts.Pairing`).
 
     ``obj`` is a class; ``obj(**params)`` has ``pair(data, noise, labels=None) -> perm`` where ``data`` is ``[P, *S]``,
     ``noise`` is ``[P, *S]`` standard normal, ``labels`` is ``[P]`` long when the model is class-conditional (else
@@ -40,7 +45,7 @@ def register_pairings(register):
 
 @hookspec
 def register_samplers(register):
-    """Register ODE/SDE samplers.
+    """Register ODE/SDE samplers (contract: :class:`aotbench.contracts.Sampler`).
 
     ``obj`` is a function ``sample(denoise, x, sigmas, *, noise_sampler=None, callback=None, **params) -> x0``.
 
@@ -59,7 +64,7 @@ def register_samplers(register):
 
 @hookspec
 def register_guidance(register):
-    """Register guidance methods.
+    """Register guidance methods (contract: :class:`aotbench.contracts.Guidance`).
 
     ``obj`` is a class; ``obj(**params)`` has:
 
@@ -74,7 +79,7 @@ def register_guidance(register):
 
 @hookspec
 def register_datasets(register):
-    """Register datasets.
+    """Register datasets (contract: :class:`aotbench.contracts.Dataset`).
 
     ``obj`` is a class; ``obj(**params).load() -> aotbench.data.Splits`` gives train and held-out tensors in
     [-1, 1], optional labels (any non-negative integers: the engine maps them to 0..K-1 and fingerprints the
@@ -86,7 +91,8 @@ def register_datasets(register):
 
 @hookspec
 def register_networks(register):
-    """Register raw networks F (the engine wraps them in EDM preconditioning).
+    """Register raw networks F, which the engine wraps in EDM preconditioning (contract:
+    :class:`aotbench.contracts.Network`; the built module: :class:`aotbench.contracts.NetworkModule`).
 
     ``obj`` is a function or class ``obj(shape, num_classes, **params) -> nn.Module`` whose forward is
     ``F(x, c_noise, class_labels=None, augment_labels=None)``: ``x`` is ``[B, *S]``, ``c_noise`` is ``[B]``,
@@ -96,7 +102,7 @@ def register_networks(register):
 
 @hookspec
 def register_metrics(register):
-    """Register metrics computed for every evaluated cell.
+    """Register metrics computed for every evaluated cell (contract: :class:`aotbench.contracts.Metric`).
 
     ``obj`` is a class; ``obj(**params).compute(ctx) -> dict[str, float | str]`` where ``ctx`` is an
     :class:`aotbench.evaluate.EvalContext`, which computes samples, features and the reference trajectory lazily and

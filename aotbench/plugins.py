@@ -12,6 +12,10 @@ Built-ins always load, so the suite stays usable while a broken third-party plug
 Third-party plugins fail alone: one that fails to import, or whose register hook raises, is skipped with one line on
 stderr naming it and its distribution, and every command that does not need it goes on (``list`` included); a command
 that names a component it would have provided gets the usual unknown-name error, which mentions the skipped plugins.
+Every registered object is held to its kind's typed contract (:mod:`aotbench.contracts`) before it enters the
+registry: a third-party component that lacks a required member, or whose member cannot take the engine's calls, is
+skipped alone with one line naming it, its plugin and the member at fault (the plugin's other components load); a
+built-in one is a bug and raises.
 Two distributions with one entry-point name: the first one ``importlib.metadata`` finds (sys.path order, the one
 ``import`` would find too) loads, and one line on stderr names both. What stays fatal is what makes the registry
 ambiguous or a hook silently unused: two components with one name, a hook aotbench does not define, a hook with
@@ -31,7 +35,7 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import hookspecs
+from . import contracts, hookspecs
 from .errors import UserError
 
 hookimpl = pluggy.HookimplMarker("aotbench")
@@ -134,7 +138,8 @@ class _Bound:
 
 
 class Registry:
-    """All registered components, by kind and name; ``skipped`` names the plugins that failed to load."""
+    """All registered components, by kind and name; ``skipped`` names the plugins that failed to load and the
+    components refused by their contract."""
 
     def __init__(self, components: list[Component], skipped: tuple[str, ...] = ()):
         self._by_kind: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
@@ -145,7 +150,7 @@ class Registry:
     def get(self, kind: str, name: str) -> Component:
         table = self._by_kind[kind]
         if name not in table:
-            skipped = f"; plugins skipped as they failed to load: {', '.join(self.skipped)}" if self.skipped else ""
+            skipped = f"; skipped as they failed to load: {', '.join(self.skipped)}" if self.skipped else ""
             raise UserError(f"unknown {kind} '{name}' (available: {', '.join(sorted(table)) or 'none'}){skipped}")
         return table[name]
 
@@ -277,6 +282,15 @@ def _collect(pm: pluggy.PluginManager) -> list[Component]:
             def register(name, obj, default=False, check=None, _impl=impl, _dist=dist, _kind=kind):
                 if not isinstance(name, str) or not name:
                     raise UserError(f"plugin '{_impl.plugin_name}' registered a {_kind} without a name")
+                why = contracts.problem(_kind, obj)
+                if why is None and check is not None and not callable(check):
+                    why = f"its check is of type {type(check).__name__}, not callable"
+                if why is not None:
+                    if _impl.plugin_name not in dists:
+                        raise TypeError(f"built-in {_kind} '{name}' ({_impl.plugin_name}) breaks its contract: {why}")
+                    _notice(f"skipped {_kind} '{name}' of plugin '{_impl.plugin_name}' ({_dist}): {why}")
+                    pm.aotbench_skipped.append(f"{_kind} '{name}' of '{_impl.plugin_name}' ({_dist})")
+                    return
                 registered.append(Component(_kind, name, obj, _impl.plugin_name, _dist, bool(default), check))
 
             try:

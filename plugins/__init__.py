@@ -9,6 +9,8 @@ BUILTINS = [
     "pairings.aot",
     "pairings.pot_exact",
     "pairings.sinkhorn",
+    "pairings.paper",
+    "pairings.torchcfm_emd",
     "samplers.euler",
     "samplers.heun",
     "samplers.edm_stochastic",

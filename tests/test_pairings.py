@@ -90,7 +90,7 @@ def test_l2_and_sqeuclidean_are_different_problems(registry):
     assert total_cost(data, noise, p2, "sqeuclidean") <= total_cost(data, noise, p1, "sqeuclidean") + 1e-6
 
 
-@pytest.mark.parametrize("name", ["aot", "pot-exact", "sinkhorn"])
+@pytest.mark.parametrize("name", ["aot", "pot-exact", "sinkhorn", "paper"])
 def test_per_class_never_pairs_across_classes(registry, name):
     data, noise, labels = make_pool(60, seed=4, labels=4)
     perm = pairing(registry, name).pair(data, noise, labels)
@@ -129,6 +129,56 @@ def test_pot_exact_fails_loudly_when_the_cap_cannot_be_raised(registry):
     data, noise, _ = make_pool(150, shape=(3, 4, 4), seed=7)
     with pytest.raises(RuntimeError, match="optimality"):
         pairing(registry, "pot-exact", num_iter_max=10, max_iter_cap=10).pair(data, noise)
+
+
+# ---------------------------------------------------------------- the benchmark's reference methods, as pairings
+
+#: each reference method and the cost it minimizes (the AOT paper's: plain L2; torchcfm's: squared L2)
+REFERENCE_COSTS = {"paper": "l2", "torchcfm-emd": "sqeuclidean"}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_COSTS))
+@pytest.mark.parametrize("n", [1, 2, 5, 7])
+def test_reference_methods_are_optimal_bijections_against_brute_force(registry, name, n):
+    cost = REFERENCE_COSTS[name]
+    data, noise, _ = make_pool(n, seed=20 + n)
+    perm = torch.as_tensor(pairing(registry, name).pair(data, noise))
+    assert perm.dtype == torch.long and torch.equal(perm.sort().values, torch.arange(n))
+    assert total_cost(data, noise, perm, cost) == pytest.approx(brute_force(data, noise, cost), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_COSTS))
+def test_reference_methods_reach_aots_optimal_cost(registry, name):
+    cost = REFERENCE_COSTS[name]
+    data, noise, _ = make_pool(200, shape=(3, 4, 4), seed=21)
+    perm = torch.as_tensor(pairing(registry, name).pair(data, noise))
+    assert torch.equal(perm.sort().values, torch.arange(200))
+    best = pairing(registry, "aot", cost=cost).pair(data, noise)
+    assert total_cost(data, noise, perm, cost) == pytest.approx(total_cost(data, noise, best, cost), rel=1e-6)
+
+
+def test_paper_pairs_within_classes_as_the_papers_conditional_code_and_torchcfm_across(registry):
+    data, noise, labels = make_pool(7, seed=22, labels=2)
+    perm = pairing(registry, "paper").pair(data, noise, labels)
+    expected = 0.0
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        expected += brute_force(data[idx], noise[idx], "l2")
+    assert torch.equal(labels[perm], labels)
+    assert total_cost(data, noise, perm, "l2") == pytest.approx(expected, rel=1e-6)
+    glob = pairing(registry, "paper", per_class=False).pair(data, noise, labels)
+    assert total_cost(data, noise, glob, "l2") == pytest.approx(brute_force(data, noise, "l2"), rel=1e-6)
+    cfm = pairing(registry, "torchcfm-emd").pair(data, noise, labels)  # torchcfm has no classes: labels unused
+    assert torch.equal(cfm, pairing(registry, "torchcfm-emd").pair(data, noise))
+
+
+def test_torchcfm_emd_fails_loudly_when_the_cap_cannot_be_raised(registry):
+    data, noise, _ = make_pool(150, shape=(3, 4, 4), seed=7)
+    with pytest.raises(RuntimeError, match="^torchcfm-emd: ot.emd did not reach optimality"):
+        pairing(registry, "torchcfm-emd", num_iter_max=10, max_iter_cap=10).pair(data, noise)
+    capped = pairing(registry, "torchcfm-emd", num_iter_max=10).pair(data, noise)  # the cap is raised instead
+    assert total_cost(data, noise, capped, "sqeuclidean") == pytest.approx(
+        scipy_optimum(data, noise, "sqeuclidean"), rel=1e-6)
 
 
 def test_sinkhorn_lies_between_optimum_and_a_small_factor_of_it(registry):
@@ -173,7 +223,8 @@ def test_per_class_helper_keeps_blocks(registry):
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 40), dim=st.integers(1, 6), classes=st.sampled_from([None, 1, 3]),
-       name=st.sampled_from(["none", "aot", "pot-exact", "sinkhorn"]), seed=st.integers(0, 1000))
+       name=st.sampled_from(["none", "aot", "pot-exact", "sinkhorn", "paper", "torchcfm-emd"]),
+       seed=st.integers(0, 1000))
 def test_every_pairing_returns_a_permutation(registry, n, dim, classes, name, seed):
     data, noise, labels = make_pool(n, shape=(dim,), seed=seed, labels=classes)
     perm = pairing(registry, name).pair(data, noise, labels)
@@ -304,8 +355,8 @@ def test_exact_solvers_refuse_a_non_finite_cost_in_one_line(solver):
 @pytest.mark.parametrize("name", ["pot-exact", "sinkhorn"])
 @pytest.mark.parametrize("bad", [1e20, float("nan")])
 def test_pot_pairings_refuse_a_non_finite_cost_in_one_line(registry, name, bad):
+    from aotbench.assignment import emd_permutation
     from aotbench.errors import UserError
-    from aotbench_plugins.pairings.pot_exact import emd_permutation
 
     data, noise, labels = make_pool(60, seed=11, labels=2)
     data[4, 0, 1, 1] = bad
@@ -315,7 +366,7 @@ def test_pot_pairings_refuse_a_non_finite_cost_in_one_line(registry, name, bad):
     c = np.ones((10, 10))
     c[2, 3] = np.inf if bad == 1e20 else np.nan
     with pytest.raises(UserError, match="^pairing 'pot-exact': the cost matrix holds inf or NaN"):
-        emd_permutation(c)
+        emd_permutation(c, "pot-exact")
     s = pairing(registry, "sinkhorn")
     with pytest.raises(UserError, match="^pairing 'sinkhorn': the cost matrix holds inf or NaN"):
         s.plan(torch.from_numpy(c))

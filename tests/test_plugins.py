@@ -3,12 +3,13 @@ AOTBENCH_PLUGINS restricts loading, and `list` shows everything with its paramet
 
 from __future__ import annotations
 
+import ast
 import json
 import textwrap
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 PLUGIN = '''
 import torch
@@ -46,13 +47,16 @@ def make_plugin(root, dist="thirdparty-pairing", module="thirdparty_pairing", na
     return {"PYTHONPATH": str(site)}
 
 
-def test_list_shows_the_four_pairings_with_parameters_and_provider():
+def test_list_shows_the_pairings_with_parameters_and_provider():
     out = run_cli("list", "--format", "json")
     assert out.returncode == 0, out.stderr
     rows = {(r["kind"], r["name"].rstrip(" *")): r for r in json.loads(out.stdout)}
-    for name in ("none", "aot", "pot-exact", "sinkhorn"):
+    for name in ("none", "aot", "pot-exact", "sinkhorn", "paper", "torchcfm-emd"):
         assert ("pairing", name) in rows
         assert rows[("pairing", name)]["provided_by"].startswith("aotbench")
+    for name in ("paper", "torchcfm-emd"):  # the benchmark's reference methods: listed, trainable, not default
+        assert not rows[("pairing", name)]["name"].endswith("*")
+    assert "per_class=True" in rows[("pairing", "paper")]["params"]
     assert "cost='l2'" in rows[("pairing", "aot")]["params"]
     assert "reg=0.05" in rows[("pairing", "sinkhorn")]["params"]
     for kind in ("sampler", "guidance", "dataset", "network", "metric"):
@@ -103,7 +107,8 @@ def test_a_misspelt_hook_fails_loudly(tmp_path):
 
 
 @pytest.mark.parametrize("flag,value,expected", [
-    ("--pairing", "hungarian", "unknown pairing 'hungarian' (available: aot, none, pot-exact, sinkhorn"),
+    ("--pairing", "hungarian",
+     "unknown pairing 'hungarian' (available: aot, none, paper, pot-exact, sinkhorn, torchcfm-emd"),
     ("--dataset", "cifar100", "unknown dataset 'cifar100' (available:"),
     ("--network", "resnet", "unknown network 'resnet' (available:"),
     ("--pairing", "aot:costs=l2", "pairing 'aot' has no parameter costs"),
@@ -192,3 +197,42 @@ def test_aotbench_plugins_names_that_match_nothing_are_reported(tmp_path):
     # distribution names compare as pip compares them; entry-point names are exact
     spelled = run_cli("list", env={**env, "AOTBENCH_PLUGINS": "Thirdparty_Pairing"})
     assert "reverse" in spelled.stdout and spelled.stderr == "", spelled.stderr
+
+
+# ---------------------------------------------------------------- built-ins are independent plugins
+
+def _imported_modules(path, package: str) -> set[str]:
+    """Every module a source file imports (relative imports resolved against ``package``), and for ``from X import
+    name`` also ``X.name`` (which may be a module)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            out.add(module)
+            out.update(f"{module}.{a.name}" for a in node.names)
+    return out
+
+
+def test_no_built_in_plugin_imports_another():
+    """Each built-in is a plugin like a third party's: shared building blocks live in the core (aotbench), so no
+    module under plugins/ imports a built-in module other than itself (private helpers such as datasets/_disk.py,
+    which register nothing, are not built-ins)."""
+    from aotbench_plugins import BUILTINS
+
+    builtins = {f"aotbench_plugins.{m}" for m in BUILTINS}
+    root = REPO / "plugins"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).with_suffix("")
+        parts = [p for p in rel.parts if p != "__init__"]
+        me = ".".join(["aotbench_plugins", *parts])
+        package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
+        for module in _imported_modules(path, package):
+            hit = next((b for b in builtins if module == b or module.startswith(b + ".")), None)
+            if hit is not None and hit != me:
+                offenders.append(f"{path.relative_to(REPO)} imports {module}")
+    assert not offenders, offenders
+    assert builtins >= {"aotbench_plugins.pairings.aot", "aotbench_plugins.metrics.trajectory"}  # the scan sees them

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from aotbench import hookimpl
-from aotbench.assignment import canonical_ties, check_cost, check_finite, cost_matrix, per_class
+from aotbench.assignment import canonical_ties, check_cost, check_finite, cost_matrix, emd_permutation, per_class
 
 SOLVERS = ("auto", "lapjv", "lap", "scipy", "emd")
 #: up to this data dimension, auto uses POT's network simplex (see the module docstring)
@@ -52,8 +52,7 @@ def _solve_scipy(c: np.ndarray) -> np.ndarray:
 
 
 def _solve_emd(c: np.ndarray) -> np.ndarray:
-    from aotbench_plugins.pairings.pot_exact import emd_permutation
-    return emd_permutation(c)
+    return emd_permutation(c, "aot")
 
 
 _BACKENDS = {"lapjv": ("lapjv", _solve_lapjv), "lap": ("lap", _solve_lap), "scipy": ("scipy", _solve_scipy),

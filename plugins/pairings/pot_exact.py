@@ -1,48 +1,20 @@
-"""``pot-exact``: POT's network-simplex OT plan (``ot.emd``) turned into a permutation (torchcfm's exact OT).
+"""``pot-exact``: POT's network-simplex OT plan (``ot.emd``, torchcfm's exact solver) turned into a permutation.
 
 With uniform weights over equal-size pools every vertex of the transport polytope is a permutation matrix / n, so
-the plan's row-wise argmax is the optimal assignment. POT stops at ``numItermax`` and then returns a *non-optimal*
-plan with only a warning; this plugin raises the cap until the solver reports optimality, and fails loudly past
-``max_iter_cap``. It never returns a silently non-optimal pairing.
+the plan's row-wise argmax is the optimal assignment (:func:`aotbench.assignment.emd_permutation`). POT stops at
+``numItermax`` and then returns a *non-optimal* plan with only a warning; the cap is raised until the solver reports
+optimality, and past ``max_iter_cap`` the pairing fails loudly. It never returns a silently non-optimal pairing.
+Unlike ``torchcfm-emd`` (torchcfm's procedure as it is), the cost comes from
+:func:`aotbench.assignment.cost_matrix`, classes are paired apart (``per_class``), and the noises of identical pool
+rows are handed out in index order (:func:`aotbench.assignment.canonical_ties`).
 """
 
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
 import torch
 
 from aotbench import hookimpl
-from aotbench.assignment import canonical_ties, check_cost, check_finite, cost_matrix, per_class
-
-
-def emd_permutation(c: np.ndarray, num_iter_max: int = 100_000, max_iter_cap: int = 100_000_000) -> np.ndarray:
-    """The optimal permutation for a square cost matrix by POT's network simplex, run to optimality.
-
-    The iteration cap is raised tenfold until POT reports an optimal plan; past ``max_iter_cap`` it raises. A
-    non-finite C is refused first (POT would report an infeasible problem at every cap; see ``check_finite``).
-    """
-    import ot
-
-    check_finite(c, "pot-exact")
-    n = c.shape[0]
-    w = np.full(n, 1.0 / n)
-    cap = num_iter_max
-    while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # POT warns on the cap; we check result_code instead
-            plan, log = ot.emd(w, w, np.asarray(c, dtype=np.float64), numItermax=cap, log=True)
-        if log["result_code"] == 1:
-            break
-        if cap >= max_iter_cap:
-            raise RuntimeError(f"ot.emd did not reach optimality within {cap} iterations (POT says: "
-                               f"{log['warning']}); raise max_iter_cap or use 'aot'")
-        cap = min(cap * 10, max_iter_cap)
-    perm = plan.argmax(1)
-    if len(np.unique(perm)) != n:
-        raise RuntimeError("the optimal plan is not a permutation matrix (degenerate marginals)")
-    return perm
+from aotbench.assignment import canonical_ties, check_cost, cost_matrix, emd_permutation, per_class
 
 
 class POTExact:
@@ -57,12 +29,13 @@ class POTExact:
         self.num_iter_max, self.max_iter_cap = num_iter_max, max_iter_cap
 
     def pair(self, data, noise, labels=None):
+        """``perm`` [P] such that noise[perm[i]] goes with data[i]: the exact OT assignment (per class if set)."""
         def solve(idx):
             c = cost_matrix(data[idx], noise[idx], self.cost, who="pot-exact").double().numpy()
             try:
-                q = torch.from_numpy(emd_permutation(c, self.num_iter_max, self.max_iter_cap)).long()
+                q = torch.from_numpy(emd_permutation(c, "pot-exact", self.num_iter_max, self.max_iter_cap)).long()
             except RuntimeError as err:
-                raise RuntimeError(f"pot-exact: {err}") from None
+                raise RuntimeError(f"pot-exact: {err}; raise max_iter_cap or use 'aot'") from None
             return canonical_ties(data[idx], q)
         return per_class(labels if self.per_class else None, data.shape[0], solve)
 
