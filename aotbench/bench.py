@@ -86,7 +86,7 @@ def bench_training(registry: Registry, spec: dict, pairings: list[str], steps: i
     try:
         for name in pairings:
             cfg = bind_data(registry, TrainConfig(dataset=dataset, network=network,
-                                                  pairing=resolve(registry, "pairing", name), steps=steps,
+                                                  pairing=resolve(registry, "pairing", name), train_steps=steps,
                                                   batch=spec["batch"], pool=spec["pool"], seed=0))
             with tempfile.TemporaryDirectory() as tmp:
                 opts = TrainOptions(progress=False, pair_workers=workers, pair_threads=pair_threads,
@@ -95,7 +95,7 @@ def bench_training(registry: Registry, spec: dict, pairings: list[str], steps: i
                 ckpt = train_model(registry, cfg, Path(tmp) / "m.pt", opts)
                 wall = time.perf_counter() - t0
             t = ckpt["timing"]
-            rows.append({"pairing": name, "steps": steps, "batch": cfg.batch, "pool": cfg.pool,
+            rows.append({"pairing": name, "train_steps": steps, "batch": cfg.batch, "pool": cfg.pool,
                          "steps_per_second": steps / t["train_seconds"], "train_seconds": t["train_seconds"],
                          "pair_seconds": t["pair_seconds"], "pair_wait_seconds": t["pair_wait_seconds"],
                          "wall_seconds": wall, "workers": workers, "train_threads": train_threads,

@@ -11,39 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+from .axes import AXES_TABLE
+from .devices import resolve_device
 from .errors import UserError
 
-GRID_FLAGS = {
-    # flag: (axis, help)
-    "--dataset": ("dataset", "dataset plugin(s); default: the default dataset (digits)"),
-    "--network": ("network", "network plugin(s); default: the dataset's own"),
-    "--pairing": ("pairing", "pairing plugin(s), e.g. none,aot,sinkhorn:reg=0.1"),
-    "--sampler": ("sampler", "sampler plugin(s), e.g. euler,heun"),
-    "--guidance": ("guidance", "guidance plugin(s)"),
-    "--steps": ("steps", "sampling steps (Heun: NFE = 2*steps - 1)"),
-    "--rho": ("rho", "schedule rho (EDM 7; the paper's low-NFE settings 72, 90)"),
-    "--sigma-min": ("sigma_min", "smallest nonzero sigma (0.002)"),
-    "--sigma-max": ("sigma_max", "largest sigma (80)"),
-    "--seeds": ("seeds", "seeds; each seeds both training and sampling"),
-    "--n-samples": ("n_samples", "samples per cell"),
-    "--label": ("label", "conditional models: sample only this class (a label value as the data has it)"),
-    "--label-sampling": ("label_sampling", "conditional models without --label: draw classes in the train split's "
-                                           "proportions (train, default) or uniformly (uniform)"),
-    "--train-steps": ("train_steps", "optimizer steps"),
-    "--train-mimg": ("train_mimg", "training duration in millions of images, EDM's unit (instead of --train-steps)"),
-    "--batch": ("batch", "global batch"),
-    "--pool": ("pool", "AOT pool per rank (a multiple of the per-rank batch)"),
-    "--ranks": ("ranks", "data-parallel ranks, each pairing its own pool (simulated in one process)"),
-    "--lr": ("lr", "learning rate"),
-    "--lr-rampup-img": ("lr_rampup_img", "learning-rate ramp-up, in images"),
-    "--ema-halflife-img": ("ema_halflife_img", "EMA half-life, in images"),
-    "--conditional": ("conditional", "train class-conditional models (true/false)"),
-    "--label-dropout": ("label_dropout", "label dropout probability (needed by cfg)"),
-    "--augment-p": ("augment_p", "EDM augmentation probability"),
-    "--grad-accum": ("grad_accum", "gradient accumulation rounds"),
-    "--precision": ("precision", "fp32, bf16 or fp16"),
-    "--metrics": ("metrics", "metrics to compute; default: every default metric"),
-}
+#: ``run`` flag -> (axis, help), generated from the one table of axes (:mod:`aotbench.axes`)
+GRID_FLAGS = {a.flag: (a.name, a.help) for a in AXES_TABLE}
 
 
 def _add_grid_flags(p: argparse.ArgumentParser) -> None:
@@ -66,24 +39,8 @@ def _add_exec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}' (use cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device '{name}' requested but no CUDA GPU is available")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"device '{name}' requested but only {torch.cuda.device_count()} GPU(s) are present")
-    return name
-
-
 def grid_spec(args: argparse.Namespace) -> dict:
+    """The grid a ``run`` command line asks for: axis -> the text given (only the flags given)."""
     return {axis: getattr(args, axis) for axis, _ in GRID_FLAGS.values() if getattr(args, axis) is not None}
 
 
@@ -94,7 +51,7 @@ def run_options(args):
     for name in ("eval_batch", "ckpt_every"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    return RunOptions(device=pick_device(args.device), eval_batch=args.eval_batch, force=args.force,
+    return RunOptions(device=resolve_device(args.device), eval_batch=args.eval_batch, force=args.force,
                       progress=not args.quiet,
                       train=TrainOptions(ckpt_every=args.ckpt_every, pair_workers=args.pair_workers,
                                          pair_threads=args.pair_threads, handle_signals=True))
@@ -247,7 +204,7 @@ def cmd_fid_ref(args) -> int:
     if not splits.is_image:
         raise UserError(f"dataset '{choice.name}' is not an image dataset; FID needs images")
     try:
-        net = Inception(args.weights, device=pick_device(args.device), batch=args.batch, resize=args.resize)
+        net = Inception(args.weights, device=resolve_device(args.device), batch=args.batch, resize=args.resize)
     except (OSError, ValueError) as err:
         raise UserError(str(err)) from None
     # the default is where the fid metric looks for its train-split statistics: keyed by content, weights and mode
@@ -263,13 +220,16 @@ def cmd_fid_ref(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    """``sweep SPEC.toml --launcher local|slurm|debug``: see :mod:`aotbench.sweep`."""
+    """``sweep SPEC.toml --launcher NAME``: see :mod:`aotbench.sweep` and docs/sweeps.md."""
+    from .config import resolve
+    from .plugins import get_registry
     from .storage import check_writable
     from .sweep import load_spec, run_sweep
 
     if args.dry_run and args.status:
         raise UserError("--dry-run and --status do not go together")
     spec = load_spec(args.spec, results=args.results, experiment=args.experiment, partition=args.partition)
+    resolve(get_registry(), "launcher", args.launcher)  # an unknown launcher is refused before anything is written
     if not (args.dry_run or args.status):  # those two write nothing
         check_writable(spec.results, "models", "cache", *(f"{spec.experiment}/{s}" for s in ("cells", "jobs")),
                        hint="make it writable, free space, or choose another folder with --results")
@@ -279,7 +239,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_train(args) -> int:
     """``train --config CFG``: train one model; under torchrun, one DDP rank per process."""
-    from .sweep import train_command
+    from .train_command import train_command
 
     return train_command(args.config, results=args.results, device=args.device, ckpt_every=args.ckpt_every,
                          pair_workers=args.pair_workers, progress=not args.quiet)
@@ -296,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="a grid from a TOML spec as job arrays: local, debug or SLURM (submitit)")
     p.add_argument("spec", help="the sweep spec (TOML), e.g. sweeps/example.toml")
-    p.add_argument("--launcher", default="local", help="local (default), slurm or debug")
+    p.add_argument("--launcher", default="local",
+                   help="a launcher plugin: local (default), debug, slurm, or a third party's (see `list`)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (models, cells, jobs); submit nothing")
     p.add_argument("--status", action="store_true", help="show which cells are done, running and failed")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return without waiting")

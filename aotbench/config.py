@@ -17,6 +17,10 @@ from . import identity
 from .errors import UserError
 from .plugins import Registry
 
+#: TrainConfig fields renamed since records were first written: old name -> new name. Keys hash the old names
+#: (:func:`aotbench.identity.model_key`), so a rename alone changes no key and orphans no cached model.
+RENAMED = {"steps": "train_steps"}
+
 #: how a conditional cell without a fixed label draws its classes
 LABEL_SAMPLING = ("train", "uniform")
 
@@ -98,7 +102,7 @@ class TrainConfig:
     network: Choice
     pairing: Choice
     seed: int = 0
-    steps: int = 2000
+    train_steps: int = 2000
     batch: int = 128
     pool: int = 512
     ranks: int = 1
@@ -118,7 +122,7 @@ class TrainConfig:
     def __post_init__(self):
         b = self.batch // self.ranks if self.ranks > 0 else 0
         checks = [
-            (self.steps >= 1, f"training steps must be >= 1, got {self.steps}"),
+            (self.train_steps >= 1, f"train_steps must be >= 1, got {self.train_steps}"),
             (self.ranks >= 1, f"ranks must be >= 1, got {self.ranks}"),
             (self.batch >= 1 and self.batch % self.ranks == 0,
              f"batch {self.batch} must be a positive multiple of ranks {self.ranks}"),
@@ -150,9 +154,20 @@ class TrainConfig:
             d[k] = getattr(self, k).to_dict()
         return d
 
+    @staticmethod
+    def upgrade(d: dict) -> dict:
+        """A training config dict as this version names its fields: records and checkpoints written before the
+        rename of ``steps`` to ``train_steps`` stay readable."""
+        d = dict(d)
+        for old, new in RENAMED.items():
+            if old in d and new not in d:
+                d[new] = d.pop(old)
+        return d
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
+        """Raises TypeError for a field this version does not know."""
+        d = cls.upgrade(d)
         for k in ("dataset", "network", "pairing"):
             d[k] = Choice.from_dict(d[k])
         return cls(**d)

@@ -1,4 +1,4 @@
-"""Typed contracts of the six plugin kinds, and the check every registered component passes.
+"""Typed contracts of the plugin kinds, and the check every registered component passes.
 
 Each kind is a :class:`typing.Protocol` below: :class:`Pairing`, :class:`Sampler`, :class:`Guidance`,
 :class:`Dataset`, :class:`Network`, :class:`Metric` and :class:`Launcher`. A Protocol holds the *required* members,

@@ -44,12 +44,10 @@ class World:
         return self.rank == 0
 
     def device(self, requested: str) -> str:
-        """The device of this rank: ``cuda`` becomes ``cuda:<local rank>``; anything else is kept."""
-        if self.distributed and requested in ("cuda", "auto") and torch.cuda.is_available():
-            return f"cuda:{self.local_rank}"
-        if requested == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return requested
+        """The device of this rank: under DDP, ``cuda`` and ``auto`` become ``cuda:<local rank>``."""
+        from .devices import resolve_device
+
+        return resolve_device(requested, self.local_rank if self.distributed else None)
 
 
 def launched_by_torchrun() -> bool:

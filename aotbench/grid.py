@@ -12,29 +12,25 @@ import itertools
 import math
 from typing import Any
 
+from .axes import AXES_BY_NAME, axes
 from .config import CellConfig, TrainConfig, resolve
 from .datasets import load_splits
 from .errors import UserError
 from .plugins import Registry
 
-#: grid axis -> (TrainConfig/CellConfig field, type)
-TRAIN_AXES = {"train_steps": ("steps", int), "batch": ("batch", int), "pool": ("pool", int), "ranks": ("ranks", int),
-              "lr": ("lr", float), "lr_rampup_img": ("lr_rampup_img", int),
-              "ema_halflife_img": ("ema_halflife_img", float), "ema_rampup_ratio": ("ema_rampup_ratio", float),
-              "conditional": ("conditional", bool), "label_dropout": ("label_dropout", float),
-              "augment_p": ("augment_p", float), "grad_accum": ("grad_accum", int), "precision": ("precision", str)}
-CELL_AXES = {"steps": ("steps", int), "rho": ("rho", float), "sigma_min": ("sigma_min", float),
-             "sigma_max": ("sigma_max", float), "n_samples": ("n_samples", int), "label": ("label", int),
-             "label_sampling": ("label_sampling", str)}
-CHOICE_AXES = {"dataset": "dataset", "network": "network", "pairing": "pairing", "sampler": "sampler",
-               "guidance": "guidance"}
-AXES = {*TRAIN_AXES, *CELL_AXES, *CHOICE_AXES, "seeds", "metrics", "train_mimg"}
+#: grid axis -> (TrainConfig/CellConfig field, type), from the one table of axes (:mod:`aotbench.axes`)
+TRAIN_AXES = {name: (name, a.type) for name, a in axes("train").items()}
+CELL_AXES = {name: (name, a.type) for name, a in axes("cell").items()}
+CHOICE_AXES = {name: name for name in axes("choice")}
+AXES = set(AXES_BY_NAME)
 
 #: used when neither the user nor the dataset plugin says otherwise
 FALLBACK = {"steps": [3, 5, 9, 18], "seeds": [0], "n_samples": [1000]}
 
 
-def _typed(axis: str, typ, value):
+def typed_value(axis: str, typ, value):
+    """``value`` as the axis's type (a string from the command line is parsed; 3.0 is an int axis's 3). Raises
+    :class:`UserError` for a value of another type."""
     if isinstance(value, str) and typ is not str:
         from .config import parse_value
         value = parse_value(value)
@@ -59,6 +55,17 @@ def _split_top(text: str) -> list[str]:
     return [s.strip() for s in text.split(",")]
 
 
+def dataset_train_defaults(registry: Registry, dataset) -> dict[str, Any]:
+    """The training fields a grid fills in for ``dataset`` (a Choice) when the user gives none: its default network
+    and every single-valued training axis of its ``defaults``."""
+    dcls = registry.get("dataset", dataset.name).obj
+    out = {"network": getattr(dcls, "network", None)}
+    for axis, value in getattr(dcls, "defaults", {}).items():
+        if axis in TRAIN_AXES and len(as_list(value)) == 1:
+            out[TRAIN_AXES[axis][0]] = typed_value(axis, TRAIN_AXES[axis][1], as_list(value)[0])
+    return out
+
+
 def steps_for_mimg(mimg: float, batch: int) -> int:
     """Optimizer steps for a duration in millions of training images (EDM's unit): the first step count that has
     shown at least that many images, e.g. 200 Mimg at batch 256 = 781,250 steps."""
@@ -67,8 +74,12 @@ def steps_for_mimg(mimg: float, batch: int) -> int:
     return math.ceil(round(mimg * 1e6 / batch, 6))
 
 
-def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
-    """All cells of a grid spec (axis -> value or list of values), validated."""
+def expand(registry: Registry, spec: dict[str, Any], *, fingerprints: dict[str, str] | None = None,
+           check: bool = True) -> list[CellConfig]:
+    """All cells of a grid spec (axis -> value or list of values), validated (:func:`validate`) unless ``check`` is
+    false. ``fingerprints`` (dataset label -> data fingerprint, e.g. from a sweep's ledger) spares reading a dataset
+    just to name its cells; any dataset it lacks is read. Raises :class:`UserError` (one line) for an unknown axis
+    or plugin, a bad value, or an impossible combination."""
     unknown = sorted(set(spec) - AXES)
     if unknown:
         raise UserError(f"unknown grid axis {', '.join(unknown)} (axes: {', '.join(sorted(AXES))})")
@@ -86,12 +97,12 @@ def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
                         f"name, so compare its settings in separate --experiment folders")
     cells: list[CellConfig] = []
     for dataset in datasets:
-        fingerprint = load_splits(registry, dataset).fingerprint
+        fingerprint = (fingerprints or {}).get(dataset.label()) or load_splits(registry, dataset).fingerprint
         dcls = registry.get("dataset", dataset.name).obj
         local = {**FALLBACK, **{k: as_list(v) for k, v in getattr(dcls, "defaults", {}).items()}, **spec}
         if "train_mimg" in spec:  # the user's duration in images replaces the dataset's default step count
             local.pop("train_steps", None)
-        mimgs = [_typed("train_mimg", float, v) for v in local["train_mimg"]] if "train_mimg" in local else [None]
+        mimgs = [typed_value("train_mimg", float, v) for v in local["train_mimg"]] if "train_mimg" in local else [None]
         networks = local.get("network") or [getattr(dcls, "network", None)]
         if networks == [None]:
             raise UserError(f"dataset '{dataset.name}' names no default network; give --network")
@@ -101,9 +112,9 @@ def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
         for kind, values in choice_lists.items():
             if not values:
                 raise UserError(f"no {kind} given and none is registered as a default")
-        train_axes = {a: [_typed(a, t, v) for v in local[a]] for a, (_, t) in TRAIN_AXES.items() if a in local}
-        cell_axes = {a: [_typed(a, t, v) for v in local[a]] for a, (_, t) in CELL_AXES.items() if a in local}
-        seeds = [_typed("seeds", int, s) for s in local["seeds"]]
+        train_axes = {a: [typed_value(a, t, v) for v in local[a]] for a, (_, t) in TRAIN_AXES.items() if a in local}
+        cell_axes = {a: [typed_value(a, t, v) for v in local[a]] for a, (_, t) in CELL_AXES.items() if a in local}
+        seeds = [typed_value("seeds", int, s) for s in local["seeds"]]
         t_names, t_values = list(train_axes), list(train_axes.values())
         c_names, c_values = list(cell_axes), list(cell_axes.values())
         for network, pairing, seed, mimg, *tv in itertools.product(choice_lists["network"], choice_lists["pairing"],
@@ -112,7 +123,7 @@ def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
             train = TrainConfig(dataset=dataset, network=network, pairing=pairing, seed=seed,
                                 data_fingerprint=fingerprint, **tkw)
             if mimg is not None:  # a model is identified by its step count: 200 Mimg and 781,250 steps are one
-                train = dataclasses.replace(train, steps=steps_for_mimg(mimg, train.batch))
+                train = dataclasses.replace(train, train_steps=steps_for_mimg(mimg, train.batch))
             for sampler, guidance, *cv in itertools.product(choice_lists["sampler"], choice_lists["guidance"],
                                                             *c_values):
                 ckw = {CELL_AXES[a][0]: v for a, v in zip(c_names, cv)}
@@ -120,7 +131,8 @@ def expand(registry: Registry, spec: dict[str, Any]) -> list[CellConfig]:
                                         metrics=metrics, **ckw))
     if not cells:
         raise UserError("the grid has no cells")
-    validate(registry, cells)
+    if check:
+        validate(registry, cells)
     return cells
 
 

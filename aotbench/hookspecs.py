@@ -1,15 +1,16 @@
 """The aotbench plugin contract.
 
-Every strategy the suite compares is contributed through these six hooks, by the built-ins in ``plugins/`` exactly as
-by a third-party package. A third-party package exposes a module under the ``aotbench`` entry-point group::
+Every strategy the suite compares, and every place its jobs can run, is contributed through these hooks: by the
+built-ins in ``plugins/`` exactly as by a third-party package. A third-party package exposes a module under the
+``aotbench`` entry-point group::
 
     [project.entry-points.aotbench]
     my_pairing = "my_package.my_module"
 
 and implements any of the hooks below with :data:`aotbench.hookimpl`. Each hook receives a ``register`` callback;
-call it once per component: ``register(name, obj, default=False, check=None)``. Names are unique per kind across all plugins (a
-clash is an error naming both providers). ``default=True`` puts the component in the CLI's default grid for its kind
-(for metrics: computed unless ``--metrics`` is given). ``check(**params)``, optional, raises ValueError for parameter
+call it once per component: ``register(name, obj, default=False, check=None)``. Names are unique per kind across
+all plugins (a clash is an error naming both providers). ``default=True`` puts the component in the CLI's default
+grid for its kind (for metrics: computed unless ``--metrics`` is given). ``check(**params)``, optional, raises ValueError for parameter
 values outside their domain (classes do that in ``__init__``), so a bad value is refused before any work starts.
 
 Parameters are read from signatures: every keyword-only parameter with a default (for classes, of ``__init__``) is a
@@ -83,9 +84,9 @@ def register_datasets(register):
 
     ``obj`` is a class; ``obj(**params).load() -> aotbench.data.Splits`` gives train and held-out tensors in
     [-1, 1], optional labels (any non-negative integers: the engine maps them to 0..K-1 and fingerprints the
-    content, :mod:`aotbench.datasets`), and a feature extractor for the domain Frechet distance. Optional class attributes:
-    ``network`` names its default network, ``defaults`` (a dict of grid axes, e.g. ``{"train_steps": 3000}``) sets
-    the training budget used when the user does not give one.
+    content, :mod:`aotbench.datasets`), and a feature extractor for the domain Frechet distance. Optional class
+    attributes: ``network`` names its default network, ``defaults`` (a dict of grid axes, e.g.
+    ``{"train_steps": 3000}``) sets the training budget used when the user does not give one.
     """
 
 
@@ -109,4 +110,30 @@ def register_metrics(register):
     shares them between metrics and cells of the same model (``ctx.memo(key, fn)``, keys from
     :mod:`aotbench.identity`). ``ctx.warn(message)`` attaches a one-line caveat to the cell's record. A metric's
     outputs are not part of the cell's identity: adding a metric later adds its outputs to existing records.
+    """
+
+
+@hookspec
+def register_launchers(register):
+    """Register launchers: where a sweep's jobs run (``sweep SPEC --launcher NAME``; docs/sweeps.md).
+
+    ``obj`` is a class; ``obj(**params)`` has (:class:`aotbench.contracts.Launcher`):
+
+    - ``on_this_machine`` (bool): the sweep schedules the jobs itself, at most ``array_parallelism`` at once, and
+      checks this machine has the GPUs they ask for; false: whole arrays go to a scheduler, then the sweep waits.
+    - ``own_processes`` (bool): a job may span several processes (DDP ranks); false: ranks are simulated.
+    - ``signal_delay_s`` (int or None): default lead of the preemption signal (USR2) before a job's time limit; None
+      when the launcher sends none.
+    - ``unlisted`` (str or None): the state of a job neither the launcher nor an outcome file knows (``"LOST"`` for
+      jobs of this machine; None when a scheduler may simply not list it yet).
+    - ``submit(fn, payloads, job) -> list of handles``: run ``fn(payload)`` for each payload as one task of an array
+      described by ``job`` (:class:`aotbench.sweep.JobSpec`: stage, resources, folder, tasks per node, the job id to
+      wait for, requeues allowed). A handle has ``job_id`` (letters, digits, ``_.-``) and ``done()``. ``fn`` is
+      :data:`aotbench.sweep.train_job` or ``eval_job``: a picklable callable that writes its own outcome file.
+    - ``states(job_ids) -> {job_id: state}``: what the launcher knows now, in SLURM's state names (PENDING,
+      RUNNING, COMPLETED, FAILED, ...); ids it does not know are left out.
+    - ``log_path(folder, job_id) -> Path | None``: a job's error log, for one-line failure reasons.
+    - optional ``check(plan, *, dry_run) -> list[str]``: raise :class:`aotbench.errors.UserError` for a request the
+      target cannot satisfy, before anything is submitted; return notes (e.g. what could not be checked).
+    - optional ``describe(resources) -> list[str]``: extra words for the plan's resource labels.
     """

@@ -47,8 +47,14 @@ def data_fingerprint(splits) -> str:
 
 
 def model_key(train) -> str:
-    """Key of a trained model: its training config (dataset choice, data fingerprint, network, pairing, budget)."""
-    return stable_hash({"train": train.to_dict()})
+    """Key of a trained model: its training config (dataset choice, data fingerprint, network, pairing, budget).
+    Renamed fields hash under their first names (``config.RENAMED``): a name is not a value."""
+    from .config import RENAMED
+
+    d = train.to_dict()
+    for old, new in RENAMED.items():
+        d[old] = d.pop(new)
+    return stable_hash({"train": d})
 
 
 def sampling_dict(cell) -> dict:

@@ -48,6 +48,7 @@ KINDS = {
     "dataset": "register_datasets",
     "network": "register_networks",
     "metric": "register_metrics",
+    "launcher": "register_launchers",
 }
 
 # Arguments that belong to a component's interface, not to its user-settable parameters.

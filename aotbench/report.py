@@ -24,7 +24,7 @@ from .errors import UserError
 from .plugins import get_registry
 from .records import read_records
 from .storage import atomic_write_bytes, atomic_write_text
-from .tables import config_columns, group_columns, metric_columns, model_columns, records_frame, summarize
+from .tables import group_columns, metric_columns, model_columns, records_frame, summarize
 
 #: read from a model's unguided cells into the model table, not the cell table
 MODEL_METRICS = ["curvature"]

@@ -3,7 +3,7 @@
 Every random draw in training and sampling comes from a generator seeded by ``derive(seed, purpose, index...)``, so
 any pool, sigma draw or dropout mask can be recomputed from its coordinates alone. That is what makes a resumed
 (or background-paired, or re-launched) run bit-identical to an uninterrupted one. At sampling time the coordinates
-include each sample's own index (:func:`per_sample_randn`, :class:`PerSampleNoise`), so no sample depends on the
+include each sample's own index (:func:`per_sample`, :class:`PerSampleNoise`), so no sample depends on the
 evaluation batch size or its position in a batch.
 """
 
@@ -21,6 +21,7 @@ def derive(*parts) -> int:
 
 
 def generator(*parts, device="cpu") -> torch.Generator:
+    """A torch generator on ``device`` seeded by :func:`derive` of ``parts``."""
     return torch.Generator(device=device).manual_seed(derive(*parts))
 
 

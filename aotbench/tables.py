@@ -12,7 +12,9 @@ import math
 
 import pandas as pd
 
-CHOICE_COLS = ["dataset", "network", "pairing", "sampler", "guidance"]
+from .axes import axes
+
+CHOICE_COLS = list(axes("choice"))
 
 METRIC_ORDER = ["nfe", "fd", "fid", "w2", "curvature", "trunc_err"]
 #: numeric metric outputs that describe a value rather than measure it (sample counts, dimensions): they label
@@ -24,14 +26,13 @@ SEED_COLS = ["seed", "sample_seed"]
 
 def _config_fields() -> tuple[list[tuple[str, str, object]], list[tuple[str, str, object]]]:
     """(column, field, default) of every TrainConfig and CellConfig field, read from the dataclasses themselves so a
-    new field reaches every table; the training ``steps`` is the column ``train_steps``."""
+    new field reaches every table."""
     from .config import CellConfig, TrainConfig
 
     def default(f):
         return f.default if f.default is not dataclasses.MISSING else None
 
-    train = [("train_steps" if f.name == "steps" else f.name, f.name, default(f))
-             for f in dataclasses.fields(TrainConfig)]
+    train = [(f.name, f.name, default(f)) for f in dataclasses.fields(TrainConfig)]
     cell = [(f.name, f.name, default(f)) for f in dataclasses.fields(CellConfig) if f.name not in ("train", "metrics")]
     return train, cell
 
@@ -80,10 +81,12 @@ def records_frame(records: list[dict], registry=None) -> pd.DataFrame:
     shows every varying parameter)."""
     if not records:
         return pd.DataFrame()
+    from .config import TrainConfig
+
     train_fields, cell_fields = _config_fields()
     rows = []
     for r in records:
-        c, t = r["config"], r["config"]["train"]
+        c, t = r["config"], TrainConfig.upgrade(r["config"]["train"])
         row = {col: t.get(name, default) for col, name, default in train_fields}
         row.update({col: c.get(name, default) for col, name, default in cell_fields})
         row.update({"cell_key": r["cell_key"], "train_key": r["train_key"],

@@ -160,12 +160,12 @@ class TrainState:
         atomic_torch_save`).
 
         Format ``aotbench-model-v1``, a dict read back with ``weights_only=True``: ``format``, ``train_key``,
-        ``config`` (``TrainConfig.to_dict()``), ``step``, ``done`` (``step >= cfg.steps``), the state dicts
+        ``config`` (``TrainConfig.to_dict()``), ``step``, ``done`` (``step >= cfg.train_steps``), the state dicts
         ``net``, ``ema`` and ``opt``, ``timing`` and ``history`` (pairs as lists).
         """
         atomic_torch_save(path, {
             "format": CKPT_FORMAT, "train_key": self.cfg.key, "config": self.cfg.to_dict(), "step": self.step,
-            "done": self.step >= self.cfg.steps, "net": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "done": self.step >= self.cfg.train_steps, "net": self.model.state_dict(), "ema": self.ema.state_dict(),
             "opt": self.opt.state_dict(), "timing": dict(self.timing), "history": [list(h) for h in self.history]})
 
     def update_ema(self) -> None:
@@ -235,7 +235,7 @@ def _pool_streams(registry: Registry, cfg: TrainConfig, splits: Splits, ranks: l
     # A forked worker must not start an OpenMP pool its parent already started (libgomp hangs), nor touch CUDA:
     # more than one pairing thread, or a CUDA trainer, gets a spawned worker instead.
     context = "spawn" if opts.pair_threads > 1 or device.type == "cuda" else None
-    first, last = step // cfg.steps_per_pool, math.ceil(cfg.steps / cfg.steps_per_pool)
+    first, last = step // cfg.steps_per_pool, math.ceil(cfg.train_steps / cfg.steps_per_pool)
     sources = {r: PoolSource(splits.train, labels, cfg.pool, cfg.seed, r, pairing, cfg.pairing.name, augment)
                for r in ranks}
     return {r: iter_pools(sources[r], first, last, workers, opts.pair_threads, context) for r in ranks}
@@ -361,7 +361,7 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
     """Train the model of ``cfg`` into the checkpoint at ``path``: from scratch, resumed from the checkpoint there,
     or, when that checkpoint is done, just read.
 
-    EDM's training loop (``training/training_loop.py``) on AOT pools: ``cfg.steps`` optimizer steps of
+    EDM's training loop (``training/training_loop.py``) on AOT pools: ``cfg.train_steps`` optimizer steps of
     ``cfg.batch`` samples over ``cfg.ranks`` ranks, each rank training on ``cfg.rank_batch`` samples of its own
     paired pool of ``cfg.pool``. With ``opts.world_size > 1`` this process is rank ``opts.world_rank`` of a DDP
     run; else it simulates all ``cfg.ranks`` ranks itself. The checkpoint is written every ``opts.ckpt_every``
@@ -409,9 +409,9 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
     running, n_running = 0.0, 0
     t_start = time.perf_counter()
     with (_closing(streams), _StopFlag(opts.handle_signals, opts.stop_signals) as stop,
-          bar(total=cfg.steps, initial=state.step, desc=f"train {cfg.pairing.name}", disable=not opts.progress,
+          bar(total=cfg.train_steps, initial=state.step, desc=f"train {cfg.pairing.name}", disable=not opts.progress,
               unit="step") as pb):
-        while state.step < cfg.steps:
+        while state.step < cfg.train_steps:
 
             # Fetch the next pool: at its first step, and at the first step after resuming mid-pool.
             k, j = divmod(state.step, cfg.steps_per_pool)
@@ -435,7 +435,7 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
 
             # Report the loss: the history keeps its mean over each log_every steps, on_step sees every step's.
             running, n_running = running + step_loss, n_running + 1
-            if state.step % opts.log_every == 0 or state.step == cfg.steps:
+            if state.step % opts.log_every == 0 or state.step == cfg.train_steps:
                 state.history.append((state.step, running / n_running))
                 pb.set_postfix(loss=f"{running / n_running:.4f}")
                 running, n_running = 0.0, 0
@@ -447,14 +447,14 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
             # signal every rank agreed on in this step counts (one that arrives later on one rank is agreed on in
             # the next step), so all ranks checkpoint and stop together.
             signum = agreed_signal if distributed else stop.signum
-            if signum is not None or state.step % opts.ckpt_every == 0 or state.step == cfg.steps:
+            if signum is not None or state.step % opts.ckpt_every == 0 or state.step == cfg.train_steps:
                 state.timing["train_seconds"] += time.perf_counter() - t_start
                 t_start = time.perf_counter()
                 _save(state, path, leader, distributed)
 
             # Check for abort.
             if signum is not None:
-                raise Interrupted(f"training stopped by signal {signum} at step {state.step}/{cfg.steps}; "
+                raise Interrupted(f"training stopped by signal {signum} at step {state.step}/{cfg.train_steps}; "
                                   f"checkpoint written to {path}; rerun to resume")
 
     # Done: every rank returns the checkpoint the leader wrote last.

@@ -35,4 +35,7 @@ BUILTINS = [
     "metrics.w2",
     "metrics.trajectory",
     "metrics.fid",
+    "launchers.local",
+    "launchers.debug",
+    "launchers.slurm",
 ]

@@ -38,7 +38,7 @@ def train_throughput(registry, pairing: str, args, device: str) -> dict:
     cfg = bind_data(registry, TrainConfig(
         dataset=resolve(registry, "dataset", f"uniform-images:n={args.n_data}"),
         network=resolve(registry, "network", net), pairing=resolve(registry, "pairing", pairing),
-        steps=args.train_steps, batch=args.batch, pool=args.pool, precision="bf16", seed=0))
+        train_steps=args.train_steps, batch=args.batch, pool=args.pool, precision="bf16", seed=0))
     stamps = []
 
     def on_step(step, loss):
@@ -56,7 +56,7 @@ def train_throughput(registry, pairing: str, args, device: str) -> dict:
             "img_per_s": steps * cfg.batch / seconds, "steps_timed": steps,
             "pair_seconds_total": ckpt["timing"]["pair_seconds"],
             "pair_wait_seconds_total": ckpt["timing"]["pair_wait_seconds"],
-            "pair_seconds_per_pool": ckpt["timing"]["pair_seconds"] / max(1, -(-cfg.steps // cfg.steps_per_pool)),
+            "pair_seconds_per_pool": ckpt["timing"]["pair_seconds"] / max(1, -(-cfg.train_steps // cfg.steps_per_pool)),
             "final_loss": ckpt["history"][-1][1] if ckpt["history"] else None}
 
 

@@ -29,7 +29,7 @@ def with_components(base: Registry, *components: Component) -> Registry:
 
 def tiny_train(registry, **kw) -> TrainConfig:
     """A 2-D training config that runs in about a second."""
-    base = dict(dataset="moons", network="mlp:width=64:depth=2", pairing="aot", seed=0, steps=60, batch=64, pool=256)
+    base = dict(dataset="moons", network="mlp:width=64:depth=2", pairing="aot", seed=0, train_steps=60, batch=64, pool=256)
     base.update(kw)
     return bind_data(registry, TrainConfig(dataset=resolve(registry, "dataset", base.pop("dataset")),
                                            network=resolve(registry, "network", base.pop("network")),

@@ -20,7 +20,7 @@ from aotbench.datasets import load_splits
 from aotbench.train import Interrupted, TrainOptions, train_model
 from conftest import REPO, tiny_train, with_components
 
-SMALL = dict(network="mlp:width=32:depth=1", steps=60, batch=64, pool=64, ranks=2)  # per-rank batch 32, 2 per pool
+SMALL = dict(network="mlp:width=32:depth=1", train_steps=60, batch=64, pool=64, ranks=2)  # per-rank batch 32, 2 per pool
 
 
 class RecordingAOT:

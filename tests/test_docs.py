@@ -34,7 +34,8 @@ HOOKS = set(KINDS.values())
 DIST = "aotbench-doc-examples"
 #: the hooks whose examples this file runs end to end, and what each registers (the names the run below uses)
 NAMES = {"register_pairings": "sliced", "register_samplers": "midpoint", "register_guidance": "cfg-interval",
-         "register_datasets": "rings", "register_networks": "film-mlp", "register_metrics": "nearest"}
+         "register_datasets": "rings", "register_networks": "film-mlp", "register_metrics": "nearest",
+         "register_launchers": "subprocesses"}
 STEPS, N_SAMPLES = 4, 60
 
 
@@ -192,6 +193,41 @@ def test_metric_example_value_warning_and_parameters_are_in_the_record(examples,
         assert rec["metric_params"]["nearest"] == {"max_train": 10000}
         assert f"nearest: {N_SAMPLES} samples; the mean is noisy (use at least 100)" in rec["warnings"]
     assert "nearest" in out.stdout.splitlines()[0]  # a table column, like the built-in metrics
+
+
+LAUNCHER_SPEC = """experiment = "{name}"
+[grid]
+dataset = "moons"
+network = "mlp:width=32:depth=1"
+pairing = "aot"
+sampler = "euler"
+steps = [2, 4]
+train_steps = 30
+batch = 32
+pool = 64
+n_samples = 80
+metrics = ["nfe", "fd"]
+[options]
+device = "cpu"
+"""
+
+
+def test_launcher_example_runs_a_sweep_to_the_records_of_the_built_in_launcher(site, tmp_path):
+    records = {}
+    for launcher in ("subprocesses", "debug"):
+        spec = tmp_path / f"{launcher}.toml"
+        spec.write_text(LAUNCHER_SPEC.format(name=launcher))
+        out = run_cli("sweep", str(spec), "--launcher", launcher, "--results", str(tmp_path / "r"), env=site)
+        assert out.returncode == 0, out.stderr
+        cells = sorted((tmp_path / "r" / launcher / "cells").glob("*.json"))
+        records[launcher] = {p.name: json.loads(p.read_text())["metrics"]["fd"] for p in cells}
+    assert len(records["debug"]) == 2 and records["subprocesses"] == records["debug"]
+    jobs = tmp_path / "r" / "subprocesses" / "jobs"
+    outcomes = [json.loads(p.read_text())["state"] for p in jobs.glob("sp-*_0_outcome.json")]
+    assert outcomes == ["COMPLETED"] * 3  # the model's train job, then one eval job per cell
+    status = run_cli("sweep", str(tmp_path / "subprocesses.toml"), "--launcher", "subprocesses", "--status",
+                     "--results", str(tmp_path / "r"), env=site)
+    assert status.returncode == 0 and "done     2" in status.stdout, status.stdout + status.stderr
 
 
 def test_every_python_block_is_an_example(examples):

@@ -31,7 +31,7 @@ def opts(**kw):
 
 @pytest.fixture(scope="module")
 def moons_model(registry, tmp_path_factory):
-    cfg = tiny_train(registry, steps=40, conditional=True)
+    cfg = tiny_train(registry, train_steps=40, conditional=True)
     ckpt = train_model(registry, cfg, tmp_path_factory.mktemp("m") / "m.pt", TrainOptions(progress=False,
                                                                                          pair_workers=0))
     return cfg, load_ema(registry, cfg, ckpt)

@@ -75,7 +75,7 @@ def test_a_spawned_multithreaded_worker_yields_the_same_pools(registry):
 def test_engine_calls_the_pairing_once_per_pool(registry, tmp_path):
     reg = with_components(registry, Component("pairing", "reverse", Reverse, "test", "tests"))
     Reverse.calls = []
-    cfg = tiny_train(reg, pairing="reverse", steps=40, batch=16, pool=64)  # 4 steps per pool
+    cfg = tiny_train(reg, pairing="reverse", train_steps=40, batch=16, pool=64)  # 4 steps per pool
     train_model(reg, cfg, tmp_path / "m.pt", TrainOptions(pair_workers=0, progress=False))
     assert Reverse.calls == [64] * 10
 
@@ -83,7 +83,7 @@ def test_engine_calls_the_pairing_once_per_pool(registry, tmp_path):
 def test_engine_simulates_ranks_with_one_pool_each(registry, tmp_path):
     reg = with_components(registry, Component("pairing", "reverse", Reverse, "test", "tests"))
     Reverse.calls = []
-    cfg = tiny_train(reg, pairing="reverse", steps=8, batch=32, pool=64, ranks=2)  # per-rank batch 16
+    cfg = tiny_train(reg, pairing="reverse", train_steps=8, batch=32, pool=64, ranks=2)  # per-rank batch 16
     train_model(reg, cfg, tmp_path / "m.pt", TrainOptions(pair_workers=0, progress=False))
     assert Reverse.calls == [64] * 4  # 2 pools (8 steps / 4 per pool) x 2 ranks
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from aotbench.errors import UserError
-from aotbench.sweep import load_spec, make_plan
+from aotbench.cli import main
+from aotbench.sweep import load_spec
+from aotbench.sweep.orchestrate import gather_plan, launchers_of
 from conftest import REPO
 from test_datasets_disk import write_cifar
 
@@ -24,7 +26,7 @@ def test_there_is_a_recipe_for_each_paper_setting_and_its_baseline():
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_recipe_matches_the_paper(path, registry, tmp_path, monkeypatch):
+def test_recipe_matches_the_paper(path, registry, tmp_path, monkeypatch, capsys):
     want = PAPER[path.stem]
     spec = load_spec(path, results=str(tmp_path))
     for grid in spec.grids:
@@ -40,15 +42,17 @@ def test_recipe_matches_the_paper(path, registry, tmp_path, monkeypatch):
     write_cifar(tmp_path / "cifar-10-batches-py")
     monkeypatch.setenv("AOTBENCH_CIFAR10", str(tmp_path / "cifar-10-batches-py"))
     for launcher in ("local", "debug"):  # this machine has no GPU: refused before anything runs
-        with pytest.raises(UserError, match="4 GPU"):
-            make_plan(registry, spec, launcher)
-    plan = make_plan(registry, spec, "slurm")  # planning contacts no cluster: nothing is submitted yet
+        assert main(["sweep", str(path), "--launcher", launcher, "--results", str(tmp_path / "r")]) == 2
+        assert "4 GPU(s) per job requested" in capsys.readouterr().err
+        assert not (tmp_path / "r" / spec.experiment / "jobs" / "sweep.json").exists()
+    launchers = launchers_of(registry)  # planning contacts no cluster: nothing is submitted yet
+    plan, _ = gather_plan(registry, spec, "slurm", launchers["slurm"], launchers)
     nfe = {(c.rho, c.steps): 2 * c.steps - 1 for c in plan.cells}
     for rho_steps in want["rho_steps"]:
         assert nfe[rho_steps] == {(90, 14): 27, (72, 15): 29, (7, 18): 35}[rho_steps]
     assert len({c.train.key for c in plan.cells}) == 1  # one model serves every sampling setting
     t = plan.cells[0].train
-    assert t.steps == 781250 and t.rank_batch == 64 and t.steps_per_pool == want["pool"] // 64
+    assert t.train_steps == 781250 and t.rank_batch == 64 and t.steps_per_pool == want["pool"] // 64
 
 
 def test_a_recipe_key_that_does_not_exist_is_refused(tmp_path):

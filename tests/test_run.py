@@ -115,7 +115,7 @@ def test_cli_prints_the_table_and_where_records_went(tmp_path):
 def test_a_duration_in_mimg_is_the_step_count_that_shows_that_many_images(registry):
     by_images = {k: v for k, v in TINY.items() if k != "train_steps"}
     cells = expand(registry, {**by_images, "train_mimg": 0.001, "steps": 3})  # 1000 images at batch 32
-    assert {c.train.steps for c in cells} == {32}  # 31.25 steps round up: at least 1000 images are shown
+    assert {c.train.train_steps for c in cells} == {32}  # 31.25 steps round up: at least 1000 images are shown
     same = expand(registry, {**by_images, "train_steps": 32, "steps": 3})
     assert {c.train.key for c in cells} == {c.train.key for c in same}  # one model, however its length is written
     with pytest.raises(UserError, match="train_steps or train_mimg, not both"):

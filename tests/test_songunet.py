@@ -144,7 +144,7 @@ def test_a_tiny_ddpmpp_with_augmentation_trains_in_the_engine(registry, tmp_path
     cfg = bind_data(registry, TrainConfig(
         dataset=resolve(registry, "dataset", "digits"),
         network=resolve(registry, "network", {"name": "ddpmpp", **TINY, "augment_dim": 9}),
-        pairing=resolve(registry, "pairing", "aot"), seed=0, steps=40, batch=32, pool=64, lr=2e-3, augment_p=0.12))
+        pairing=resolve(registry, "pairing", "aot"), seed=0, train_steps=40, batch=32, pool=64, lr=2e-3, augment_p=0.12))
     torch.manual_seed(0)
     ckpt = train_model(registry, cfg, tmp_path / "m.pt", TrainOptions(progress=False, pair_workers=0, log_every=10))
     losses = [loss for _, loss in ckpt["history"]]

@@ -66,7 +66,7 @@ def one_line(err) -> str:
 # -- 1. checksums -------------------------------------------------------------------------------------------------
 
 def test_64_flipped_bytes_in_a_checkpoint_are_refused_in_one_line(registry, tmp_path):
-    cfg = tiny_train(registry, steps=20)
+    cfg = tiny_train(registry, train_steps=20)
     path = tmp_path / "m.pt"
     good = train_model(registry, cfg, path, opts())
     flip(path, path.stat().st_size // 2, 64)

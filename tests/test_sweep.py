@@ -110,7 +110,8 @@ def test_a_bad_spec_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, body
 def test_an_unknown_launcher_is_refused(tmp_path, capsys):
     spec = write_spec(tmp_path, "s")
     assert main(["sweep", str(spec), "--launcher", "kubernetes", "--results", str(tmp_path / "r")]) == 2
-    assert "unknown launcher 'kubernetes' (launchers: local, slurm, debug)" in one_error_line(capsys)
+    assert "unknown launcher 'kubernetes' (available: debug, local, slurm)" in one_error_line(capsys)
+    assert not (tmp_path / "r").exists()
 
 
 def test_without_slurm_the_error_says_how_to_start_the_local_cluster(tmp_path, capsys, monkeypatch):
@@ -204,7 +205,8 @@ def slurm_jobs_of(results: Path) -> list[str]:
 
 
 def active_slurm_jobs(ids: list[str]) -> list[str]:
-    from aotbench.sweep import is_active, slurm_states
+    from aotbench.sweep.states import is_active
+    from aotbench_plugins.launchers.slurm import slurm_states
 
     states = slurm_states(ids)
     return [i for i in ids if is_active(states.get(i))]
@@ -368,7 +370,7 @@ def test_ddp_training_under_submitit_on_slurm_matches_the_simulation(slurm, regi
     from aotbench.train import train_model
     from conftest import tiny_train
 
-    cfg = tiny_train(registry, network="mlp:width=32:depth=1", steps=40, batch=64, pool=64, ranks=2)
+    cfg = tiny_train(registry, network="mlp:width=32:depth=1", train_steps=40, batch=64, pool=64, ranks=2)
     ex = submitit.AutoExecutor(tmp_path / "jobs", cluster="slurm")
     ex.update_parameters(timeout_min=5, nodes=1, tasks_per_node=2, cpus_per_task=1, name="aot-ddp-test")
     job = ex.submit(train_job, {"train": cfg.to_dict(), "train_key": cfg.key, "results": str(tmp_path),

@@ -15,9 +15,16 @@ from types import SimpleNamespace
 
 import pytest
 
-import aotbench.sweep as sweep
+import aotbench.sweep.jobs as jobs_mod
+import aotbench.sweep.orchestrate as orchestrate
+import aotbench.sweep.schedule as schedule
+import aotbench_plugins.launchers.local as local_launcher
+import aotbench_plugins.launchers.slurm as slurm_launcher
 from aotbench.cli import main
-from aotbench.sweep import JobRecord
+from aotbench.sweep import eval_job, load_spec, train_job
+from aotbench.sweep.ledger import JobRecord, Ledger
+from aotbench.sweep.outcome import read_outcome
+from aotbench.sweep.states import active_ids, ended_badly, failure_reason, is_active
 
 SPEC = """experiment = "{name}"
 [grid]
@@ -54,13 +61,16 @@ def write_spec(folder: Path, name: str = "safe", *, train_steps: int = 20, devic
 
 
 def plan_of(registry, spec: Path, results: Path, launcher: str = "local"):
-    return sweep.make_plan(registry, sweep.load_spec(spec, results=str(results)), launcher)
+    launchers = orchestrate.launchers_of(registry)
+    spec = load_spec(spec, results=str(results))
+    return orchestrate.gather_plan(registry, spec, launcher, launchers[launcher], launchers)[0]
 
 
 def record_jobs(plan, jobs: list[JobRecord]) -> None:
     """List jobs in RESULTS/EXPERIMENT/jobs/sweep.json the way the sweep does."""
-    state = sweep._new_submission(plan)
-    sweep._record(plan, state, jobs)
+    ledger = Ledger(plan.jobs_dir)
+    ledger.begin(plan.launcher, plan.spec.experiment)
+    ledger.add(jobs)
 
 
 def dead_pid() -> str:
@@ -111,7 +121,7 @@ def test_status_plan_and_rerun_never_unpickle_a_planted_result(registry, tmp_pat
 
     args = ["sweep", str(spec), "--launcher", "local", "--results", str(results)]
     if command == "rerun":  # plan, (no job runs), then the closing status of the cells without a record
-        monkeypatch.setattr(sweep, "run_local", lambda plan, log: {})
+        monkeypatch.setattr(orchestrate, "run_in_slots", lambda *a, **k: {})
         assert main(args) == 1
     else:
         assert main([*args, command]) == 0
@@ -123,8 +133,8 @@ def test_status_plan_and_rerun_never_unpickle_a_planted_result(registry, tmp_pat
 
 def test_the_local_launcher_learns_how_its_jobs_ended_from_their_outcome_not_from_submitit(
         registry, tmp_path, monkeypatch):
-    """submitit's Job.exception()/result() unpickle the result file from the (shared) jobs folder: run_local must
-    not call them for local jobs, but read the outcome JSON the job wrote."""
+    """submitit's Job.exception()/result() unpickle the result file from the (shared) jobs folder: the sweep must
+    not call them for jobs of this machine, but read the outcome JSON the job wrote."""
     plan = plan_of(registry, write_spec(tmp_path), tmp_path / "r")
     job_id = dead_pid()
     marker = tmp_path / "pwned"
@@ -144,14 +154,15 @@ def test_the_local_launcher_learns_how_its_jobs_ended_from_their_outcome_not_fro
 
         exception = results = outcome = result
 
-    class Executor:
-        def submit(self, fn, payload):
-            assert fn is sweep.train_job  # the model first; its cells are skipped when it fails
-            return Job()
+    class Launcher(local_launcher.Local):
+        def submit(self, fn, payloads, job):
+            assert fn is train_job  # the model first; its cells are skipped when it fails
+            return [Job()]
 
-    monkeypatch.setattr(sweep, "_executor", lambda *a, **k: Executor())
     logged = []
-    assert sweep.run_local(plan, logged.append) == {job_id: "FAILED"}
+    got = schedule.run_in_slots(plan, Launcher(), {"local": Launcher()}, Ledger(plan.jobs_dir), lambda k: False,
+                                logged.append)
+    assert got == {job_id: "FAILED"}
     assert any(f"train job {job_id} failed: ValueError: boom" in m for m in logged), logged
     assert any("its 2 cell(s) are skipped" in m for m in logged), logged
     assert not marker.exists()
@@ -160,8 +171,16 @@ def test_the_local_launcher_learns_how_its_jobs_ended_from_their_outcome_not_fro
 def test_the_orchestrator_has_no_call_that_unpickles_submitits_files():
     import inspect
 
-    source = inspect.getsource(sweep)
-    assert "pickle_load" not in source and "result_pickle" not in source
+    import aotbench.sweep
+    import aotbench_plugins.launchers.debug as debug_launcher
+
+    modules = [getattr(aotbench.sweep, m) for m in ("jobs", "orchestrate", "schedule", "states", "status", "plan",
+                                                    "ledger", "outcome")]
+    for module in (*modules, local_launcher, slurm_launcher, debug_launcher):
+        source = inspect.getsource(module)
+        assert "pickle_load" not in source and "result_pickle" not in source and "pickle.load" not in source
+        if module is not debug_launcher:  # a debug job's result is in memory: it ran in this very process
+            assert ".result()" not in source and ".exception()" not in source, module.__name__
 
 
 # -------------------------------------------------------------------------- 1. the job functions' own outcome
@@ -179,20 +198,20 @@ def in_local_job(tmp_path, monkeypatch):
 def test_a_failing_job_function_writes_its_error_as_json_and_still_raises(registry, tmp_path, in_local_job):
     from conftest import tiny_train
 
-    cfg = tiny_train(registry, network="mlp:width=32:depth=1", steps=5, batch=32, pool=64)
+    cfg = tiny_train(registry, network="mlp:width=32:depth=1", train_steps=5, batch=32, pool=64)
     bad = {"train": cfg.to_dict(), "train_key": "0" * 16, "results": str(tmp_path), "options": {"device": "cpu"}}
     with pytest.raises(RuntimeError, match="train key mismatch"):
-        sweep.train_job(bad)
+        train_job(bad)
     out = json.loads((in_local_job / "4242_0_outcome.json").read_text())
     assert out["state"] == "FAILED" and out["stage"] == "train" and out["seconds"] >= 0 and out["ended"]
     assert out["error"].startswith("RuntimeError: train key mismatch") and "\n" not in out["error"]
-    assert sweep.read_outcome(in_local_job, "4242")["state"] == "FAILED"
-    assert sweep._failure_reason(in_local_job, "4242").startswith("RuntimeError: train key mismatch")
+    assert read_outcome(in_local_job, "4242")["state"] == "FAILED"
+    assert failure_reason(None, in_local_job, "4242").startswith("RuntimeError: train key mismatch")
 
     spec = write_spec(tmp_path)
     cell = plan_of(registry, spec, tmp_path / "r").cells[0]
     with pytest.raises(RuntimeError, match="cell key mismatch"):
-        sweep.eval_job({"cells": [cell.to_dict()], "keys": ["f" * 16], "experiment": "safe",
+        eval_job({"cells": [cell.to_dict()], "keys": ["f" * 16], "experiment": "safe",
                         "results": str(tmp_path), "options": {"device": "cpu"}})
     out = json.loads((in_local_job / "4242_0_outcome.json").read_text())
     assert out["state"] == "FAILED" and out["stage"] == "eval" and out["error"].startswith("RuntimeError: cell key")
@@ -201,8 +220,8 @@ def test_a_failing_job_function_writes_its_error_as_json_and_still_raises(regist
 def test_a_successful_job_function_writes_completed(registry, tmp_path, in_local_job):
     from conftest import tiny_train
 
-    cfg = tiny_train(registry, network="mlp:width=32:depth=1", steps=5, batch=32, pool=64)
-    got = sweep.train_job({"train": cfg.to_dict(), "train_key": cfg.key, "results": str(tmp_path),
+    cfg = tiny_train(registry, network="mlp:width=32:depth=1", train_steps=5, batch=32, pool=64)
+    got = train_job({"train": cfg.to_dict(), "train_key": cfg.key, "results": str(tmp_path),
                            "options": {"device": "cpu", "threads": 1, "pair_workers": 0}})
     assert got["step"] == 5
     out = json.loads((in_local_job / "4242_0_outcome.json").read_text())
@@ -221,10 +240,10 @@ def test_a_preempted_job_writes_no_outcome_and_exits_for_submitit(registry, tmp_
         raise SystemExit(-1)
 
     monkeypatch.setattr(aotbench.train, "train_model", stopped)
-    monkeypatch.setattr(sweep, "_hand_over_to_submitit", requeue)
-    cfg = tiny_train(registry, network="mlp:width=32:depth=1", steps=5, batch=32, pool=64)
+    monkeypatch.setattr(jobs_mod, "_hand_over_to_submitit", requeue)
+    cfg = tiny_train(registry, network="mlp:width=32:depth=1", train_steps=5, batch=32, pool=64)
     with pytest.raises(SystemExit):
-        sweep.train_job({"train": cfg.to_dict(), "train_key": cfg.key, "results": str(tmp_path),
+        train_job({"train": cfg.to_dict(), "train_key": cfg.key, "results": str(tmp_path),
                          "options": {"device": "cpu"}})
     assert not (in_local_job / "4242_0_outcome.json").exists()
 
@@ -237,32 +256,31 @@ def test_read_outcome_refuses_what_is_not_a_plain_outcome(tmp_path):
     (jobs / "9_0_outcome.json").write_text('{"state": "FAILED", "error": "ValueError: x\\u001b[2J\\nmore"}')
     (tmp_path / "5_0_outcome.json").write_text('{"state": "COMPLETED", "error": ""}')
     os.mkfifo(jobs / "4_0_outcome.json")  # reading it would block
-    assert sweep.read_outcome(jobs, "7") is None and sweep.read_outcome(jobs, "8") is None
-    assert sweep.read_outcome(jobs, "6") is None  # missing
-    assert sweep.read_outcome(jobs, "4") is None
-    assert sweep.read_outcome(tmp_path, "5")["state"] == "COMPLETED"
-    assert sweep.read_outcome(jobs, "../5") is None  # a job id names no file outside the jobs folder
-    assert sweep.read_outcome(jobs, "9")["error"] == "ValueError: x?[2J more"  # one printable line
+    assert read_outcome(jobs, "7") is None and read_outcome(jobs, "8") is None
+    assert read_outcome(jobs, "6") is None  # missing
+    assert read_outcome(jobs, "4") is None
+    assert read_outcome(tmp_path, "5")["state"] == "COMPLETED"
+    assert read_outcome(jobs, "../5") is None  # a job id names no file outside the jobs folder
+    assert read_outcome(jobs, "9")["error"] == "ValueError: x?[2J more"  # one printable line
 
 
 # -------------------------------------------------------------------------------------- 2. wait_jobs' state logic
 
 def test_active_ids_tolerate_a_job_missing_from_the_states():
     states = {"1": "RUNNING", "3": "COMPLETED", "4": "CANCELLED by 0"}
-    assert sweep._active_ids(["1", "2", "3", "4"], states, grace=False) == ["1"]
-    assert sweep._active_ids(["1", "2", "3", "4"], states, grace=True) == ["1", "2"]
+    assert active_ids(["1", "2", "3", "4"], states, grace=False) == ["1"]
+    assert active_ids(["1", "2", "3", "4"], states, grace=True) == ["1", "2"]
 
 
 def test_wait_jobs_survives_a_job_squeue_and_sacct_do_not_list(tmp_path, monkeypatch):
     answers = iter([{"10_0": "RUNNING"},                                   # 10_1 unlisted (a timeout does it)
                     {"10_0": "COMPLETED", "10_1": "COMPLETED"}])
-    monkeypatch.setattr(sweep, "job_states", lambda jobs, folder: next(answers))
-    monkeypatch.setattr(sweep, "_count_records", lambda plan: 0)
-    monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
+    monkeypatch.setattr(schedule, "job_states", lambda launchers, jobs, folder: next(answers))
+    monkeypatch.setattr(schedule.time, "sleep", lambda s: None)
     plan = SimpleNamespace(jobs_dir=tmp_path, cells=[])
     jobs = [JobRecord("slurm", "eval", "10_0", "k"), JobRecord("slurm", "eval", "10_1", "k")]
     logged = []
-    assert sweep.wait_jobs(plan, jobs, logged.append) == {"10_0": "COMPLETED", "10_1": "COMPLETED"}
+    assert schedule.wait_jobs(plan, {}, jobs, lambda: 0, logged.append) == {"10_0": "COMPLETED", "10_1": "COMPLETED"}
     assert "1 job(s) running, 1 pending" in logged[0]  # the unlisted job counted as pending (grace)
 
 
@@ -273,7 +291,7 @@ def test_status_shows_a_failed_local_training_job_as_failed_with_its_error(regis
     results = tmp_path / "r"
     plan = plan_of(registry, spec, results)
     train_id = dead_pid()
-    # what run_local leaves when training fails: the train job, and no eval job (its cells were skipped)
+    # what run_in_slots leaves when training fails: the train job, and no eval job (its cells were skipped)
     record_jobs(plan, [JobRecord("local", "train", train_id, plan.cells[0].train.key)])
     (plan.jobs_dir / f"{train_id}_0_outcome.json").write_text(json.dumps(
         {"state": "FAILED", "stage": "train", "error": "ValueError: boom\x1b[31m"}))
@@ -290,7 +308,7 @@ def test_status_shows_sacct_state_of_a_failed_slurm_training_job_without_outcome
     results = tmp_path / "r"
     plan = plan_of(registry, spec, results, "slurm")
     record_jobs(plan, [JobRecord("slurm", "train", "77_0", plan.cells[0].train.key)])  # the sweep died then
-    monkeypatch.setattr(sweep, "slurm_states", lambda ids: {"77_0": "OUT_OF_MEMORY"})
+    monkeypatch.setattr(slurm_launcher, "slurm_states", lambda ids: {"77_0": "OUT_OF_MEMORY"})
     assert main(["sweep", str(spec), "--launcher", "slurm", "--status", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "failed   2" in out and "failed train job 77_0 (OUT_OF_MEMORY); log: " in out, out
@@ -318,17 +336,17 @@ def test_ctrl_c_while_local_jobs_run_is_one_line_and_exit_130(registry, tmp_path
     results = tmp_path / "r"
     alive = dead_pid()
 
-    def interrupted_wait(plan, log):
+    def interrupted_wait(plan, *args):
         record_jobs(plan, [JobRecord("local", "train", alive, plan.cells[0].train.key)])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep, "run_local", interrupted_wait)
-    monkeypatch.setattr(sweep, "_pid_alive", lambda pid: pid == alive)
+    monkeypatch.setattr(orchestrate, "run_in_slots", interrupted_wait)
+    monkeypatch.setattr(local_launcher, "_pid_alive", lambda pid: pid == alive)
     assert main(["sweep", str(spec), "--launcher", "local", "--results", str(results)]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err
     last = [ln for ln in err.splitlines() if "interrupted" in ln]
-    assert last == ["aotbench sweep: interrupted: 1 job(s) still running locally; rerun the same command to pick "
+    assert last == ["aotbench sweep: interrupted: 1 local job(s) still running; rerun the same command to pick "
                     "them up, or --status"], err
 
 
@@ -336,25 +354,25 @@ def test_ctrl_c_while_waiting_for_slurm_is_one_line_and_exit_130(registry, tmp_p
     spec = write_spec(tmp_path)
     results = tmp_path / "r"
 
-    def submit(plan, log):
+    def submit(plan, launcher, ledger, log):
         jobs = [JobRecord("slurm", "train", "50_0", plan.cells[0].train.key),
                 JobRecord("slurm", "eval", "51_0", plan.cells[0].train.key, [c.key for c in plan.cells])]
         record_jobs(plan, jobs)
         return jobs
 
-    def wait(plan, jobs, log):
+    def wait(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep, "slurm_cluster", lambda: {"debug": {"default": True, "cpus": 8, "mem_mb": 8000,
+    monkeypatch.setattr(slurm_launcher, "slurm_cluster", lambda: {"debug": {"default": True, "cpus": 8, "mem_mb": 8000,
                                                                     "gpus": 0, "time_min": None}})
-    monkeypatch.setattr(sweep, "submit_slurm", submit)
-    monkeypatch.setattr(sweep, "wait_jobs", wait)
-    monkeypatch.setattr(sweep, "slurm_states", lambda ids: {"50_0": "RUNNING", "51_0": "PENDING"})
+    monkeypatch.setattr(orchestrate, "submit_arrays", submit)
+    monkeypatch.setattr(orchestrate, "wait_jobs", wait)
+    monkeypatch.setattr(slurm_launcher, "slurm_states", lambda ids: {"50_0": "RUNNING", "51_0": "PENDING"})
     assert main(["sweep", str(spec), "--launcher", "slurm", "--results", str(results)]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert [ln for ln in err.splitlines() if "interrupted" in ln] == [
-        "aotbench sweep: interrupted: 2 job(s) still running under SLURM; rerun the same command to pick them up, "
+        "aotbench sweep: interrupted: 2 slurm job(s) still running; rerun the same command to pick them up, "
         "or --status"], err
 
 
@@ -367,15 +385,22 @@ def test_local_jobs_start_with_sigint_ignored_so_ctrl_c_does_not_reach_them(regi
         pass
 
     class Executor:
+        def __init__(self, *a, **k):
+            pass
+
+        def update_parameters(self, **params):
+            pass
+
         def submit(self, fn, payload):
             seen.append(signal.getsignal(signal.SIGINT))
             raise Stop
 
     plan = plan_of(registry, write_spec(tmp_path), tmp_path / "r")
-    monkeypatch.setattr(sweep, "_executor", lambda *a, **k: Executor())
+    monkeypatch.setattr(local_launcher.submitit, "AutoExecutor", Executor)
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(Stop):
-        sweep.run_local(plan, lambda m: None)
+        schedule.run_in_slots(plan, local_launcher.Local(), {}, Ledger(plan.jobs_dir), lambda k: True,
+                              lambda m: None)
     assert seen == [signal.SIG_IGN]
     assert signal.getsignal(signal.SIGINT) is before  # the sweep itself still gets its KeyboardInterrupt
 
@@ -419,32 +444,32 @@ long|node3|8|16000|(null)|not-a-time
 
 def test_parse_sacct_on_recorded_output():
     wanted = {f"1234_{i}" for i in range(7)} | {"1235_0", "1235_1", "1236", "1237_2", "1238_0", "1239_7", "1299_0"}
-    got = sweep.parse_sacct(SACCT, wanted)
+    got = slurm_launcher.parse_sacct(SACCT, wanted)
     assert got == {"1234_0": "PENDING", "1234_1": "PENDING", "1234_2": "PENDING", "1234_3": "PENDING",
                    "1234_4": "RUNNING", "1234_5": "CANCELLED", "1234_6": "TIMEOUT", "1235_0": "OUT_OF_MEMORY",
                    "1235_1": "NODE_FAIL", "1236": "COMPLETED", "1237_2": "UNKNOWN", "1239_7": "PENDING"}
-    assert [i for i in sorted(got) if sweep.is_active(got[i])] == ["1234_0", "1234_1", "1234_2", "1234_3", "1234_4",
-                                                                   "1239_7"]
-    assert all(sweep._ended_badly(got[i]) for i in ("1234_5", "1234_6", "1235_0", "1235_1", "1237_2"))
+    assert [i for i in sorted(got) if is_active(got[i])] == ["1234_0", "1234_1", "1234_2", "1234_3", "1234_4",
+                                                             "1239_7"]
+    assert all(ended_badly(got[i]) for i in ("1234_5", "1234_6", "1235_0", "1235_1", "1237_2"))
 
 
 def test_parse_squeue_on_recorded_output():
     wanted = {"1234_4", "1234_5", "1234_6", "1234_7", "1240_1", "1241"}
-    assert sweep.parse_squeue(SQUEUE, wanted) == {"1234_4": "RUNNING", "1234_5": "PENDING", "1234_6": "PENDING",
-                                                  "1240_1": "COMPLETING", "1241": "PENDING"}
+    assert slurm_launcher.parse_squeue(SQUEUE, wanted) == {
+        "1234_4": "RUNNING", "1234_5": "PENDING", "1234_6": "PENDING", "1240_1": "COMPLETING", "1241": "PENDING"}
 
 
 def test_slurm_states_prefers_squeue_over_sacct(monkeypatch):
     outputs = {"sacct": SACCT, "squeue": SQUEUE}
-    monkeypatch.setattr(sweep.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(sweep, "_run", lambda cmd, timeout=60: subprocess.CompletedProcess(cmd, 0, outputs[cmd[0]],
-                                                                                          ""))
-    got = sweep.slurm_states(["1234_3", "1234_5", "1236", "1240_1", "1299_0"])
+    monkeypatch.setattr(slurm_launcher.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(slurm_launcher, "_run",
+                        lambda cmd, timeout=60: subprocess.CompletedProcess(cmd, 0, outputs[cmd[0]], ""))
+    got = slurm_launcher.slurm_states(["1234_3", "1234_5", "1236", "1240_1", "1299_0"])
     assert got == {"1234_3": "PENDING", "1234_5": "PENDING", "1236": "COMPLETED", "1240_1": "COMPLETING"}
 
 
 def test_parse_sinfo_on_recorded_output():
-    assert sweep.parse_sinfo(SINFO) == {
+    assert slurm_launcher.parse_sinfo(SINFO) == {
         "debug": {"default": True, "cpus": 4, "mem_mb": 7800, "gpus": 0, "time_min": None},
         "gpu": {"default": False, "cpus": 64, "mem_mb": 515000, "gpus": 8, "time_min": 2880},
         "short": {"default": False, "cpus": 4, "mem_mb": 7800, "gpus": 0, "time_min": 30},

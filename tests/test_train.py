@@ -25,7 +25,7 @@ def opts(**kw):
 
 
 def test_a_few_hundred_steps_lower_the_loss(registry, tmp_path):
-    cfg = tiny_train(registry, steps=300, pairing="aot")
+    cfg = tiny_train(registry, train_steps=300, pairing="aot")
     ckpt = train_model(registry, cfg, tmp_path / "m.pt", opts(log_every=25))
     losses = [loss for _, loss in ckpt["history"]]
     assert losses[-1] < 0.7 * losses[0]
@@ -33,16 +33,16 @@ def test_a_few_hundred_steps_lower_the_loss(registry, tmp_path):
 
 
 def test_same_seed_gives_identical_weights_and_another_seed_does_not(registry, tmp_path):
-    cfg = tiny_train(registry, steps=40)
+    cfg = tiny_train(registry, train_steps=40)
     a = train_model(registry, cfg, tmp_path / "a.pt", opts())
     b = train_model(registry, cfg, tmp_path / "b.pt", TrainOptions(progress=False, pair_workers=1))
-    c = train_model(registry, tiny_train(registry, steps=40, seed=1), tmp_path / "c.pt", opts())
+    c = train_model(registry, tiny_train(registry, train_steps=40, seed=1), tmp_path / "c.pt", opts())
     assert state_equal(a["ema"], b["ema"]) and state_equal(a["net"], b["net"])
     assert not state_equal(a["net"], c["net"])
 
 
 def test_the_training_state_round_trips_through_its_checkpoint(registry, tmp_path):
-    cfg = tiny_train(registry, steps=20)
+    cfg = tiny_train(registry, train_steps=20)
     ckpt = train_model(registry, cfg, tmp_path / "m.pt", opts(log_every=5))
     state = TrainState.fresh(cfg, build_model(registry, cfg, load_splits(registry, cfg.dataset)))
     state.load(read_model_checkpoint(tmp_path / "m.pt", cfg))
@@ -61,7 +61,7 @@ class _Kill(Exception):
 
 
 def test_resume_after_an_interruption_gives_the_uninterrupted_weights(registry, tmp_path):
-    cfg = tiny_train(registry, steps=90, batch=32, pool=96)  # 3 steps per pool; stop mid-pool
+    cfg = tiny_train(registry, train_steps=90, batch=32, pool=96)  # 3 steps per pool; stop mid-pool
 
     def die(step, loss):
         if step == 47:  # the last checkpoint is step 40, which is mid-pool (40 % 3 == 1)
@@ -140,7 +140,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(registry, tm
 
 
 def test_corrupt_checkpoint_is_refused(registry, tmp_path):
-    cfg = tiny_train(registry, steps=10)
+    cfg = tiny_train(registry, train_steps=10)
     path = tmp_path / "m.pt"
     train_model(registry, cfg, path, opts())
     data = path.read_bytes()
@@ -150,13 +150,13 @@ def test_corrupt_checkpoint_is_refused(registry, tmp_path):
 
 
 def test_foreign_checkpoints_are_refused(registry, tmp_path):
-    cfg = tiny_train(registry, steps=10)
+    cfg = tiny_train(registry, train_steps=10)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(UserError, match="not an aotbench"):
         read_model_checkpoint(other, cfg)
     mine = tmp_path / "mine.pt"
-    train_model(registry, tiny_train(registry, steps=10, seed=5), mine, opts())
+    train_model(registry, tiny_train(registry, train_steps=10, seed=5), mine, opts())
     with pytest.raises(UserError, match="belongs to another configuration"):
         train_model(registry, cfg, mine, opts())
 
@@ -176,7 +176,7 @@ def test_a_pickle_that_would_run_code_is_refused(registry, tmp_path):
 def test_checkpoints_are_written_atomically(registry, tmp_path, monkeypatch):
     from aotbench import storage
 
-    cfg = tiny_train(registry, steps=20)
+    cfg = tiny_train(registry, train_steps=20)
     path = tmp_path / "m.pt"
     train_model(registry, cfg, path, opts(ckpt_every=10))
     before = path.read_bytes()

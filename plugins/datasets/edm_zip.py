@@ -62,7 +62,7 @@ def _labels(zf: zipfile.ZipFile, zpath: Path, names: list[str]) -> torch.Tensor 
 class EDMZip:
     """A zip of PNGs from EDM's dataset_tool.py (+ optional dataset.json labels) -> [N, C, H, W] in [-1, 1]."""
 
-    network = "unet"  # DDPM++/NCSN++ are not network plugins yet; name one here once they are
+    network = "unet"  # small enough for a CPU; EDM's networks are `--network ddpmpp` or `ncsnpp`
     defaults = IMAGE_DEFAULTS
 
     def __init__(self, *, path: str = "", heldout_fraction: float = 0.02):

@@ -100,7 +100,7 @@ def _read(path: Path, resolution: int) -> np.ndarray:
 class Folder:
     """A folder of png/jpg/jpeg/bmp/webp images (optionally one subfolder per class) -> [N, C, H, W] in [-1, 1]."""
 
-    network = "unet"  # DDPM++/NCSN++ are not network plugins yet; name one here once they are
+    network = "unet"  # small enough for a CPU; EDM's networks are `--network ddpmpp` or `ncsnpp`
     defaults = IMAGE_DEFAULTS
 
     def __init__(self, *, path: str = "", heldout_fraction: float = 0.02, resolution: int = 0):

@@ -75,7 +75,7 @@ def _labels(a: np.ndarray, n: int, where: str) -> torch.Tensor:
 class NPZ:
     """Images from an .npz file (x or images, optional y or labels, optional x_heldout/y_heldout) -> [-1, 1]."""
 
-    network = "unet"  # DDPM++/NCSN++ are not network plugins yet; name one here once they are
+    network = "unet"  # small enough for a CPU; EDM's networks are `--network ddpmpp` or `ncsnpp`
     defaults = IMAGE_DEFAULTS
 
     def __init__(self, *, path: str = "", heldout_fraction: float = 0.02):

@@ -1,0 +1,66 @@
+"""One table of axes (aotbench/axes.py) feeds every interface: each axis is a `run` flag, a sweep [grid] key, a
+config field the grid sets, and a table column; and every config field a grid can vary is an axis."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aotbench.axes import AXES_TABLE, axes
+from aotbench.cli import build_parser, grid_spec
+from aotbench.config import CellConfig, TrainConfig
+from aotbench.grid import expand
+from aotbench.plugins import KINDS
+from aotbench.sweep import load_spec
+from aotbench.tables import records_frame
+
+#: a second value for every train and cell axis (none of them a default)
+SECOND = {"train_steps": 7, "batch": 32, "pool": 64, "ranks": 2, "lr": 0.002, "lr_rampup_img": 100,
+          "ema_halflife_img": 1000.0, "ema_rampup_ratio": 0.1, "conditional": True, "label_dropout": 0.1,
+          "augment_p": 0.5, "grad_accum": 2, "precision": "bf16", "steps": 3, "rho": 5.0, "sigma_min": 0.01,
+          "sigma_max": 40.0, "n_samples": 10, "label": 1, "label_sampling": "uniform"}
+CHOICES = {"dataset": "moons", "network": "mlp:width=16:depth=1", "pairing": "aot", "sampler": "heun",
+           "guidance": "cfg"}
+
+
+def test_every_config_field_a_grid_can_vary_is_an_axis():
+    train = {f.name for f in dataclasses.fields(TrainConfig)} - {"dataset", "network", "pairing", "seed",
+                                                                   "data_fingerprint"}
+    cell = {f.name for f in dataclasses.fields(CellConfig)} - {"train", "sampler", "guidance", "sample_seed",
+                                                                 "metrics"}
+    assert set(axes("train")) == train and set(axes("cell")) == cell
+    assert set(axes("choice")) == set(KINDS) - {"metric", "launcher"}
+    assert set(SECOND) == train | cell
+
+
+def test_every_axis_is_a_run_flag_that_reaches_the_grid():
+    values = {**{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in SECOND.items()}, **CHOICES,
+              "seeds": "0,1", "metrics": "nfe", "train_mimg": "0.001"}
+    argv = ["run"] + [x for a in AXES_TABLE for x in (a.flag, values[a.name])]
+    grid = grid_spec(build_parser().parse_args(argv))
+    assert grid == {a.name: values[a.name] for a in AXES_TABLE}
+
+
+def test_every_axis_is_a_sweep_grid_key(tmp_path):
+    body = "\n".join(f"{a.name} = {_toml(a)}" for a in AXES_TABLE)
+    path = tmp_path / "all.toml"
+    path.write_text(f"[grid]\n{body}\n")
+    assert set(load_spec(path).grids[0]) == {a.name for a in AXES_TABLE}
+
+
+def _toml(axis) -> str:
+    value = {**SECOND, **CHOICES, "seeds": 0, "metrics": "nfe", "train_mimg": 0.001}[axis.name]
+    return str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, str) else str(value)
+
+
+def test_a_second_value_on_every_axis_reaches_the_config_and_the_table(registry):
+    grid = {**SECOND, **CHOICES, "metrics": "nfe"}
+    (cell,) = expand(registry, grid, check=False)
+    for name, value in SECOND.items():
+        got = getattr(cell.train, name) if name in axes("train") else getattr(cell, name)
+        assert got == value, name
+    record = {"config": cell.to_dict(), "cell_key": cell.key, "train_key": cell.train.key, "metrics": {"nfe": 5}}
+    row = records_frame([record], registry).iloc[0]
+    for name, value in SECOND.items():
+        assert row[name] == value, name
+    for name, label in CHOICES.items():
+        assert row[name].split(":")[0] == label.split(":")[0], name
