@@ -238,7 +238,7 @@ def test_every_python_block_is_an_example(examples):
 
 # ------------------------------------------------------------------ the other docs: links, and the sweep spec's keys
 
-DOCS = [REPO / "docs" / name for name in ("plugins.md", "metrics.md", "sweeps.md")]
+DOCS = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
 
 
 def slug(heading: str) -> str:
@@ -292,3 +292,18 @@ def test_sweeps_doc_lists_every_key_and_axis_and_shows_the_real_example(tmp_path
     (tmp_path / "example.toml").write_text(example)
     spec = load_spec(tmp_path / "example.toml")
     assert spec.eval.cells_per_job == 3 and spec.train.time_min == 60 and spec.eval.time_min == 30
+
+
+def test_nothing_in_the_repository_points_outside_it():
+    """Docs, code and specs name only files the repository ships (no design notes kept beside it)."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    if not tracked:  # not a git checkout (an sdist): read the usual folders instead
+        tracked = [str(p.relative_to(REPO)) for d in ("aotbench", "plugins", "docs", "tests", "sweeps", "recipes",
+                                                       "scripts") for p in (REPO / d).rglob("*") if p.is_file()]
+    for name in tracked:
+        if not name.endswith((".py", ".md", ".toml", ".sh", ".txt", ".cfg")) or name == "tests/test_docs.py":
+            continue
+        text = (REPO / name).read_text(errors="replace")
+        assert "DESIGN.md" not in text and "../shared" not in text, f"{name} points outside the repository"
