@@ -45,6 +45,8 @@ def grid_spec(args: argparse.Namespace) -> dict:
 
 
 def run_options(args):
+    """The :class:`aotbench.runner.RunOptions` of a ``run`` command line (device resolved, SIGTERM/USR2 handled). Raises
+    :class:`UserError` for ``--eval-batch`` or ``--ckpt-every`` below 1."""
     from .runner import RunOptions
     from .train import TrainOptions
 
@@ -58,6 +60,10 @@ def run_options(args):
 
 
 def cmd_run(args) -> int:
+    """``run``: expand the grid, train or load each model once, evaluate its cells, print the table; returns 0.
+
+    The results folder is probed for writing first, so an unwritable one is a one-line :class:`UserError` before
+    training, not a traceback after it. The table goes to stdout; progress and notes go to stderr."""
     from .grid import expand
     from .plugins import get_registry
     from .runner import run_cells
@@ -103,6 +109,8 @@ def _size_note(comp) -> str:
 
 
 def cmd_list(args) -> int:
+    """``list``: every registered plugin by kind, with its parameters, distribution and summary (``--format json``: one
+    object per plugin); returns 0."""
     from .plugins import KINDS, get_registry
 
     registry = get_registry()
@@ -142,6 +150,9 @@ def _ints(text: str, name: str) -> list[int]:
 
 
 def cmd_bench(args) -> int:
+    """``bench pairing`` (median seconds per pairing of ``--pool`` samples of ``--dim`` coordinates) or
+    ``bench training`` (optimizer steps per second per pairing), as a table or CSV; returns 0. Raises :class:`UserError`
+    for an unknown pairing or an integer list with a value below 1."""
     from .bench import bench_pairing, bench_training
     from .plugins import get_registry
 
@@ -173,6 +184,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """``report FOLDER``: tables (table.md, table.csv, models.csv, table.tex) and figures into ``--out`` (default: the
+    folder), then the markdown table on stdout; returns 0. Raises :class:`UserError` for a missing or empty folder, or
+    an output folder that cannot be written."""
     from .report import report
     from .storage import check_writable
 
@@ -191,6 +205,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_fid_ref(args) -> int:
+    """``fid-ref``: FID reference statistics (npz: mu [2048], sigma [2048, 2048], resize mode, Inception sha256, data
+    fingerprint) of one split of an image dataset, sealed with its sha256; returns 0.
+
+    Written to ``--out``, else where the ``fid`` metric looks (:func:`aotbench.inception.reference_path`). Raises
+    :class:`UserError` for a dataset that is not images, or Inception weights that are missing or unreadable."""
     from .config import resolve
     from .inception import Inception, reference_npz, reference_path
     from .plugins import get_registry
@@ -246,6 +265,8 @@ def cmd_train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand; each sets ``fn`` to its ``cmd_*`` function. ``run``'s grid flags come from the
+    one table of axes (:data:`GRID_FLAGS`)."""
     parser = argparse.ArgumentParser(prog="aotbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -319,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand and return its exit status.
+
+    Returns 0 when done; 2 for a :class:`UserError` or a full or read-only disk (ENOSPC, EDQUOT, EROFS), printed as one
+    line on stderr; 3 when training stopped on a signal after a checkpoint (:class:`aotbench.train.Interrupted`; rerun
+    to resume); 130 when interrupted (Ctrl-C). Any other exception is a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -25,6 +25,7 @@ class RawFeatures:
         self.name = f"raw-{dim}d"
 
     def prepare(self, cache_dir: Path, progress: bool = False) -> None:
+        """Nothing to prepare (raw coordinates need no trained extractor); here for the interface."""
         pass
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,8 @@ class ClassifierFeatures:
     """FD features from a small CNN trained (once, deterministically, then cached) to classify the dataset.
 
     Trained on the train split only, with seed 0 and a fixed budget, so the extractor is a pure function of the data:
-    its ``name`` carries a hash of the data's content (sha256 of its bytes and labels) and the recipe. Inputs are clamped to [-1, 1] like images are.
+    its ``name`` carries a hash of the data's content (sha256 of its bytes and labels) and the recipe. Inputs are
+    clamped to [-1, 1] like images are.
     """
 
     version = 1
@@ -68,6 +70,10 @@ class ClassifierFeatures:
         self.net: _FeatureCNN | None = None
 
     def prepare(self, cache_dir: Path, progress: bool = False) -> None:
+        """Load the extractor from ``cache_dir/features/<name>.pt``, or build it (trained on labelled data, seed 0;
+        unlabeled data keep the seeded random init) and save it there, sealed; a no-op once loaded.
+
+        Raises :class:`UserError` for a corrupt cached file (:func:`aotbench.storage.load_checkpoint`)."""
         if self.net is not None:
             return
         with torch.random.fork_rng():
@@ -132,10 +138,12 @@ class Splits:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape S of one sample: (C, H, W) for images, (D,) for point sets."""
         return tuple(self.train.shape[1:])
 
     @property
     def is_image(self) -> bool:
+        """True for image data, ``train`` of shape [N, C, H, W]."""
         return self.train.ndim == 4
 
 

@@ -37,10 +37,12 @@ class World:
 
     @property
     def distributed(self) -> bool:
+        """True when there is more than one rank."""
         return self.world_size > 1
 
     @property
     def leader(self) -> bool:
+        """True on rank 0, the rank that shows progress and logs."""
         return self.rank == 0
 
     def device(self, requested: str) -> str:
@@ -51,6 +53,8 @@ class World:
 
 
 def launched_by_torchrun() -> bool:
+    """True when torchrun started this process (``TORCHELASTIC_RUN_ID``), or ``RANK`` and ``WORLD_SIZE`` are set outside
+    a submitit executor."""
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ
                                                    and "SUBMITIT_EXECUTOR" not in os.environ)
 
@@ -99,6 +103,7 @@ def init(device: str = "auto", *, submitit_tasks: bool = False, timeout_s: float
 
 
 def shutdown(world: World) -> None:
+    """Leave the process group :func:`init` joined; a no-op for a single process."""
     import torch.distributed as dist
 
     if world.distributed and dist.is_available() and dist.is_initialized():

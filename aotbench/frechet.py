@@ -27,4 +27,6 @@ def frechet_distance(mu1, s1, mu2, s2) -> float:
 
 
 def frechet_from_features(f1, f2) -> float:
+    """FD between the Gaussian fits of two feature sets [N1, F] and [N2, F] (tensors or arrays): :func:`gaussian_stats`
+    of each, then :func:`frechet_distance` (FID when the features are Inception's; Heusel et al. 2017)."""
     return frechet_distance(*gaussian_stats(f1), *gaussian_stats(f2))

@@ -44,6 +44,8 @@ def typed_value(axis: str, typ, value):
 
 
 def as_list(value) -> list:
+    """An axis value as a list: a list or tuple as it is, a string split on commas (items stripped, empty ones dropped),
+    anything else as a list of one."""
     if isinstance(value, (list, tuple)):
         return list(value)
     if isinstance(value, str):

@@ -49,6 +49,7 @@ def find_weights(path: str | None = None) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks; memoized per path for the life of the process."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -121,6 +122,7 @@ class Inception:
 
     @property
     def model(self):
+        """The TorchScript network, loaded on first use (float32, eval mode, on ``device``)."""
         if self._model is None:
             import warnings
             with warnings.catch_warnings():

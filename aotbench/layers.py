@@ -17,6 +17,8 @@ class SinusoidalEmbedding(nn.Module):
         self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(max_freq), half)), persistent=False)
 
     def forward(self, c_noise):
+        """[B] c_noise (EDM's ln(sigma)/4, Karras et al. 2022, Table 1) -> [B, 2 * (dim // 2)]: the sines of every
+        frequency, then the cosines."""
         a = c_noise.float()[:, None] * self.freqs[None]
         return torch.cat([a.sin(), a.cos()], 1)
 
@@ -36,6 +38,11 @@ class ConditionEmbedding(nn.Module):
         self.aug = nn.Linear(augment_dim, dim, bias=False) if augment_dim else None
 
     def forward(self, c_noise, class_labels=None, augment_labels=None):
+        """c_noise [B], class_labels [B] long or None, augment_labels [B, augment_dim] (the labels of
+        :mod:`aotbench.augment`, EDM's training/augment.py) or None -> [B, dim].
+
+        A conditional model given no labels uses the "no label" index ``num_classes`` for every row; augmentation labels
+        are ignored by a model built without ``augment_dim``."""
         e = self.mlp(self.sin(c_noise))
         if self.cls is not None:
             if class_labels is None:

@@ -28,19 +28,25 @@ class Workspace:
     root: Path
 
     def cells(self, experiment: str) -> Path:
+        """``<root>/<experiment>/cells``: the experiment's records."""
         return self.root / experiment / "cells"
 
     def record_path(self, experiment: str, cell: CellConfig) -> Path:
+        """``<root>/<experiment>/cells/<cell_key>.json``: the record of ``cell``."""
         return self.cells(experiment) / f"{cell.key}.json"
 
     def artifact_path(self, experiment: str, cell: CellConfig) -> Path:
+        """``<root>/<experiment>/artifacts/<cell_key>.npz``: the arrays a cell keeps for figures (samples, reference
+        trajectories)."""
         return self.root / experiment / "artifacts" / f"{cell.key}.npz"
 
     def model_path(self, train_key: str) -> Path:
+        """``<root>/models/<train_key>.pt``: a trained model, shared by every experiment."""
         return self.root / "models" / f"{train_key}.pt"
 
     @property
     def cache(self) -> Path:
+        """``<root>/cache``: FD feature nets, FID reference statistics and other derived files."""
         return self.root / "cache"
 
 
@@ -55,6 +61,7 @@ def _git_commit() -> str | None:
 
 
 def device_name(device) -> str:
+    """``device`` as records name it: ``cuda:<GPU name>``, or ``cpu:<machine> x<N> threads``."""
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
@@ -62,6 +69,8 @@ def device_name(device) -> str:
 
 
 def environment(device) -> dict:
+    """Where a record was computed: aotbench version (``dev`` when not installed), git commit, torch and Python
+    versions, device name (:func:`device_name`) and host."""
     try:
         version = importlib.metadata.version("aotbench")
     except importlib.metadata.PackageNotFoundError:

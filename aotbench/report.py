@@ -96,6 +96,8 @@ def _drop_constant(df: pd.DataFrame, keep=("pairing",)) -> pd.DataFrame:
 
 
 def write_tables(df: pd.DataFrame, out: Path) -> dict[str, pd.DataFrame]:
+    """Write the tables of the records frame ``df`` into ``out``: table.md (per dataset, mean ± sd over seeds, constant
+    columns dropped), table.csv (cells), models.csv and table.tex. Returns {"models", "cells"}."""
     models, cells = model_table(df), cell_table(df)
     md = ["# Results", "", f"{df['train_key'].nunique()} model(s), {len(df)} cell record(s); mean ± sd over seeds.",
           ""]

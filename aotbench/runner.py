@@ -36,6 +36,7 @@ class RunOptions:
 
 
 def group_by_model(cells: list[CellConfig]) -> dict[str, list[CellConfig]]:
+    """Cells by their model's train key, in first-seen order, so each model is trained or loaded once."""
     groups: dict[str, list[CellConfig]] = {}
     for c in cells:
         groups.setdefault(c.train.key, []).append(c)

@@ -52,4 +52,6 @@ class PerSampleNoise:
         return torch.stack(rows).to(like.device, like.dtype)
 
     def select(self, rows) -> PerSampleNoise:
+        """The noise sampler of ``rows`` (indices into this batch); it shares their generators, so each row's stream
+        goes on where it was."""
         return PerSampleNoise((), generators=[self.generators[int(r)] for r in rows])

@@ -104,6 +104,11 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary in the same folder, fsync, ``os.replace``), creating its
+    folder; the file gets mode ``0o666 & ~umask``.
+
+    On failure the temporary is removed and an OSError (a full disk) names ``path``, not the temporary. Afterwards the
+    stale temporaries of killed writers of ``path`` are removed (:func:`remove_stale_temporaries`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp")
@@ -124,10 +129,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
     atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """:func:`atomic_write_text` of ``obj`` as JSON (indent 2, sorted keys, NaN allowed) and a newline."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
@@ -171,6 +178,8 @@ def read_verified_bytes(path: str | Path, what: str = "file") -> bytes:
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """``torch.save`` of ``obj``, written atomically with its sha256 sealed in (:func:`write_verified_bytes`); read it
+    back with :func:`load_checkpoint`."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_verified_bytes(path, buf.getvalue())
@@ -237,6 +246,8 @@ def check_writable(folder: str | Path, *subfolders: str, hint: str = "") -> None
 
 
 def read_json(path: str | Path) -> Any:
+    """The content of a JSON file. Raises :class:`UserError` when it is not valid JSON (OSError, e.g. a missing file,
+    passes through)."""
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:

@@ -29,6 +29,8 @@ class JobRecord:
     submission: int = 0
 
     def to_dict(self) -> dict:
+        """The job as the ledger stores it; ``submission`` is left out (it is the index of the submission that holds the
+        job)."""
         return {"launcher": self.launcher, "stage": self.stage, "job_id": self.job_id, "train_key": self.train_key,
                 "cells": list(self.cells)}
 
@@ -80,6 +82,7 @@ class Ledger:
         self.save()
 
     def save(self) -> None:
+        """Write the ledger (``jobs/sweep.json``) atomically, creating the jobs folder."""
         from ..storage import atomic_write_json
 
         self.dir.mkdir(parents=True, exist_ok=True)

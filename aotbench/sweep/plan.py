@@ -34,6 +34,7 @@ class JobSpec:
 
     @property
     def name(self) -> str:
+        """The job name: ``aot-<stage>-<experiment>``."""
         return f"aot-{self.stage}-{self.experiment}"
 
     @property
@@ -88,9 +89,11 @@ class Plan:
 
     @property
     def jobs_dir(self) -> Path:
+        """The spec's jobs folder, ``RESULTS/EXPERIMENT/jobs``."""
         return self.spec.jobs_dir
 
     def resources(self, stage: str) -> Resources:
+        """The resources of ``stage``: the spec's ``train`` resources for "train", else its ``eval``."""
         return self.spec.train if stage == "train" else self.spec.eval
 
     def job_spec(self, array: Array, after: str | None = None) -> JobSpec:
