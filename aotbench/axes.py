@@ -24,6 +24,7 @@ class Axis:
 
     @property
     def flag(self) -> str:
+        """The ``run`` option: ``--train-steps`` for ``train_steps``."""
         return "--" + self.name.replace("_", "-")
 
 
@@ -34,6 +35,8 @@ AXES_TABLE: tuple[Axis, ...] = (
     Axis("pairing", "choice", str, "pairing plugin(s), e.g. none,aot,sinkhorn:reg=0.1"),
     Axis("sampler", "choice", str, "sampler plugin(s), e.g. euler,heun"),
     Axis("guidance", "choice", str, "guidance plugin(s)"),
+    Axis("schedule", "choice", str, "schedule plugin(s): karras (EDM's rho-schedule, default), logsnr, "
+                                    "time-uniform"),
     # sampling
     Axis("steps", "cell", int, "sampling steps (Heun: NFE = 2*steps - 1)"),
     Axis("rho", "cell", float, "schedule rho (EDM 7; the paper's low-NFE settings 72, 90)"),

@@ -21,6 +21,10 @@ from .plugins import Registry
 #: (:func:`aotbench.identity.model_key`), so a rename alone changes no key and orphans no cached model.
 RENAMED = {"steps": "train_steps"}
 
+#: CellConfig fields added since records were first written, and the value that reproduces what records without
+#: them computed; at that value they are left out of every key (:func:`aotbench.identity.sampling_dict`)
+ADDED = {"schedule": {"name": "karras"}}
+
 #: how a conditional cell without a fixed label draws its classes
 LABEL_SAMPLING = ("train", "uniform")
 
@@ -34,13 +38,16 @@ class Choice:
 
     @property
     def kwargs(self) -> dict[str, Any]:
+        """The parameters as keyword arguments of the plugin."""
         return dict(self.params)
 
     def to_dict(self) -> dict:
+        """``{"name": ..., param: value, ...}``: the form records and keys hold."""
         return {"name": self.name, **self.kwargs}
 
     @classmethod
     def from_dict(cls, d: dict) -> Choice:
+        """The inverse of :meth:`to_dict` (parameters sorted by name)."""
         d = dict(d)
         return cls(d.pop("name"), tuple(sorted(d.items())))
 
@@ -142,13 +149,16 @@ class TrainConfig:
 
     @property
     def rank_batch(self) -> int:
+        """Samples per optimizer step on one rank: ``batch / ranks``."""
         return self.batch // self.ranks
 
     @property
     def steps_per_pool(self) -> int:
+        """Optimizer steps that consume one rank's pool: ``pool / rank_batch``."""
         return self.pool // self.rank_batch
 
     def to_dict(self) -> dict:
+        """Every field, plugin choices as ``{"name", params...}`` dicts (JSON-able)."""
         d = asdict(self)
         for k in ("dataset", "network", "pairing"):
             d[k] = getattr(self, k).to_dict()
@@ -174,6 +184,7 @@ class TrainConfig:
 
     @property
     def key(self) -> str:
+        """The model's key (:func:`aotbench.identity.model_key`): its checkpoint is ``RESULTS/models/<key>.pt``."""
         return identity.model_key(self)
 
 
@@ -196,6 +207,8 @@ class CellConfig:
     label: int | None = None
     #: conditional models without ``label``: draw classes in the train split's proportions ("train") or uniformly
     label_sampling: str = "train"
+    #: the noise levels the sampler steps through (a schedule plugin; EDM's ρ-schedule by default)
+    schedule: Choice = Choice("karras")
 
     def __post_init__(self):
         if self.steps < 1:
@@ -211,23 +224,30 @@ class CellConfig:
             raise UserError(f"label_sampling must be one of {', '.join(LABEL_SAMPLING)}, got {self.label_sampling!r}")
 
     def to_dict(self) -> dict:
+        """Every field, the model's config and plugin choices as dicts (JSON-able)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["train"] = self.train.to_dict()
         d["sampler"], d["guidance"] = self.sampler.to_dict(), self.guidance.to_dict()
+        d["schedule"] = self.schedule.to_dict()
         d["metrics"] = [m.to_dict() for m in self.metrics]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> CellConfig:
+        """The inverse of :meth:`to_dict`; a record written before a field existed gets that field's first value
+        (``ADDED``), and its training config is upgraded (:meth:`TrainConfig.upgrade`)."""
         d = dict(d)
         d["train"] = TrainConfig.from_dict(d["train"])
         d["sampler"], d["guidance"] = Choice.from_dict(d["sampler"]), Choice.from_dict(d["guidance"])
+        d["schedule"] = Choice.from_dict(d.get("schedule", ADDED["schedule"]))
         d["metrics"] = tuple(Choice.from_dict(m) for m in d.get("metrics", ()))
         return cls(**d)
 
     @property
     def key(self) -> str:
+        """The cell's key (:func:`aotbench.identity.cell_key`): its record is ``RESULTS/EXP/cells/<key>.json``."""
         return identity.cell_key(self)
 
     def with_(self, **changes) -> CellConfig:
+        """A copy with ``changes`` (validated again)."""
         return replace(self, **changes)

@@ -238,6 +238,23 @@ class Metric(Protocol):
         ...
 
 
+# ------------------------------------------------------------------------------------------------------ schedule
+@runtime_checkable
+class Schedule(Protocol):
+    """A sampling schedule: the registered object is a class, and ``obj(**params)`` has these members. The
+    constructor takes only keyword parameters with defaults and raises ValueError for a value outside its domain.
+
+    Optional class attribute: ``uses_rho`` (bool) [False]: the schedule reads the cell's ``rho``; when false, the
+    grid records such cells at the default rho, so that rho values that cannot change a number do not split them.
+    """
+
+    def sigmas(self, steps: int, sigma_min: float, sigma_max: float, rho: float, *, device: Any = None) -> Any:
+        """The noise levels of a ``steps``-step sampler: a float64 tensor ``[steps + 1]``, strictly decreasing from
+        ``sigma_max`` (index 0) to ``sigma_min`` (index ``steps - 1``), then 0. Raises ValueError for ``steps < 1``
+        or ``not 0 < sigma_min < sigma_max``."""
+        ...
+
+
 # ------------------------------------------------------------------------------------------------------ launcher
 @runtime_checkable
 class Launcher(Protocol):
@@ -319,6 +336,7 @@ CONTRACTS: dict[str, Contract] = {
     "dataset": Contract(Dataset, "class", attributes={"network": (str, type(None)), "defaults": (dict,)}),
     "network": Contract(Network, "factory", instance=NetworkModule, attributes={"list_shape": (tuple, list)}),
     "metric": Contract(Metric, "class"),
+    "schedule": Contract(Schedule, "class", attributes={"uses_rho": (bool,)}),
     "launcher": Contract(Launcher, "class", optional=(LauncherCheck, LauncherDescribe),
                          attributes={"on_this_machine": (bool,), "own_processes": (bool,),
                                      "signal_delay_s": (int, type(None)), "unlisted": (str, type(None))}),

@@ -34,6 +34,8 @@ class Precond(nn.Module):
         self.net, self.num_classes, self.sigma_data = net, num_classes, sigma_data
 
     def forward(self, x, sigma, class_labels=None, augment_labels=None):
+        """D(x; σ) = c_skip x + c_out F(c_in x; c_noise) (EDM Eq. 7, Table 1): ``x`` [B, *S], ``sigma`` a float or
+        [B]; returns [B, *S] in float32."""
         sigma = _bcast(sigma, x).to(torch.float32)
         sd = self.sigma_data
         c_skip = sd**2 / (sigma**2 + sd**2)

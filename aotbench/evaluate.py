@@ -218,6 +218,11 @@ class EvalContext:
                 pb.update(rows.stop - rows.start)
         return torch.cat(out), counter.nfe(n), {k: v / n for k, v in costs.items()}
 
+    def sigmas(self) -> torch.Tensor:
+        """The cell's noise levels [steps + 1], float64, from its schedule plugin (EDM's ρ-schedule by default)."""
+        schedule = self.registry.get("schedule", self.cell.schedule.name).build(**self.cell.schedule.kwargs)
+        return schedule.sigmas(self.cell.steps, self.cell.sigma_min, self.cell.sigma_max, self.cell.rho)
+
     def reference_sigmas(self) -> torch.Tensor:
         """The reference solve's noise levels [REFERENCE_STEPS + 1], descending from the cell's sigma_max to 0: the
         Karras schedule at rho = REFERENCE_RHO over the cell's [sigma_min, sigma_max]."""
@@ -239,7 +244,7 @@ class EvalContext:
         """The cell's samples [n, *S] (sampled once; NFE and costs recorded as a side effect)."""
         if self._samples is None:
             comp = self.registry.get("sampler", self.cell.sampler.name)
-            sigmas = edm.karras_sigmas(self.cell.steps, self.cell.sigma_min, self.cell.sigma_max, self.cell.rho)
+            sigmas = self.sigmas()
             t0 = time.perf_counter()
             self._samples, self.nfe, self.costs = self.solve(comp.build(**self.cell.sampler.kwargs), sigmas,
                                                              desc=f"sample {self.cell.sampler.name}")
@@ -252,7 +257,7 @@ class EvalContext:
         if seed_range == 0:
             return self.samples
         comp = self.registry.get("sampler", self.cell.sampler.name)
-        sigmas = edm.karras_sigmas(self.cell.steps, self.cell.sigma_min, self.cell.sigma_max, self.cell.rho)
+        sigmas = self.sigmas()
         return self.solve(comp.build(**self.cell.sampler.kwargs), sigmas, desc=f"sample range {seed_range}",
                           seed_range=seed_range)[0]
 

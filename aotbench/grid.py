@@ -24,6 +24,9 @@ CELL_AXES = {name: (name, a.type) for name, a in axes("cell").items()}
 CHOICE_AXES = {name: name for name in axes("choice")}
 AXES = set(AXES_BY_NAME)
 
+#: the rho recorded for cells whose schedule does not read it (CellConfig's default)
+CELL_RHO = CellConfig.__dataclass_fields__["rho"].default
+
 #: used when neither the user nor the dataset plugin says otherwise
 FALLBACK = {"steps": [3, 5, 9, 18], "seeds": [0], "n_samples": [1000]}
 
@@ -109,7 +112,7 @@ def expand(registry: Registry, spec: dict[str, Any], *, fingerprints: dict[str, 
         if networks == [None]:
             raise UserError(f"dataset '{dataset.name}' names no default network; give --network")
         choice_lists = {kind: [resolve(registry, kind, v) for v in (local.get(kind) or registry.defaults(kind))]
-                        for kind in ("pairing", "sampler", "guidance")}
+                        for kind in ("pairing", "sampler", "guidance", "schedule")}
         choice_lists["network"] = [resolve(registry, "network", n) for n in networks]
         for kind, values in choice_lists.items():
             if not values:
@@ -126,11 +129,14 @@ def expand(registry: Registry, spec: dict[str, Any], *, fingerprints: dict[str, 
                                 data_fingerprint=fingerprint, **tkw)
             if mimg is not None:  # a model is identified by its step count: 200 Mimg and 781,250 steps are one
                 train = dataclasses.replace(train, train_steps=steps_for_mimg(mimg, train.batch))
-            for sampler, guidance, *cv in itertools.product(choice_lists["sampler"], choice_lists["guidance"],
-                                                            *c_values):
+            for sampler, guidance, schedule, *cv in itertools.product(
+                    choice_lists["sampler"], choice_lists["guidance"], choice_lists["schedule"], *c_values):
                 ckw = {CELL_AXES[a][0]: v for a, v in zip(c_names, cv)}
-                cells.append(CellConfig(train=train, sampler=sampler, guidance=guidance, sample_seed=seed,
-                                        metrics=metrics, **ckw))
+                if not getattr(registry.get("schedule", schedule.name).obj, "uses_rho", False):
+                    ckw["rho"] = CELL_RHO  # a rho this schedule ignores must not split identical cells
+                cells.append(CellConfig(train=train, sampler=sampler, guidance=guidance, schedule=schedule,
+                                        sample_seed=seed, metrics=metrics, **ckw))
+    cells = list({c.key: c for c in cells}.values())
     if not cells:
         raise UserError("the grid has no cells")
     if check:

@@ -137,3 +137,14 @@ def register_launchers(register):
       target cannot satisfy, before anything is submitted; return notes (e.g. what could not be checked).
     - optional ``describe(resources) -> list[str]``: extra words for the plan's resource labels.
     """
+
+
+@hookspec
+def register_schedules(register):
+    """Register sampling schedules: the noise levels a sampler steps through (``--schedule NAME``).
+
+    ``obj`` is a class; ``obj(**params).sigmas(steps, sigma_min, sigma_max, rho, *, device=None)`` returns a float64
+    tensor ``[steps + 1]``, strictly decreasing from ``sigma_max`` to ``sigma_min`` (index ``steps - 1``), then 0
+    (:class:`aotbench.contracts.Schedule`). ``rho`` is the cell's; a schedule that ignores it says so with
+    ``uses_rho = False``. The default schedule (``karras``, EDM's ρ-schedule) is registered with ``default=True``.
+    """

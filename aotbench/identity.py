@@ -24,7 +24,7 @@ import torch
 from .storage import stable_hash
 
 #: the sampling fields of a cell that do not change a sample set's noise and labels
-_SAMPLER_ONLY = ("sampler", "steps", "rho")
+_SAMPLER_ONLY = ("sampler", "steps", "rho", "schedule")
 
 
 def tensor_digest(*tensors: torch.Tensor | None, length: int = 16) -> str:
@@ -58,10 +58,16 @@ def model_key(train) -> str:
 
 
 def sampling_dict(cell) -> dict:
-    """A cell's sampling config: every field but the model and the metrics."""
+    """A cell's sampling config: every field but the model and the metrics. A field added since records were first
+    written is left out at the value that reproduces them (``config.ADDED``): existing keys stay valid."""
+    from .config import ADDED
+
     d = cell.to_dict()
     d.pop("train")
     d.pop("metrics", None)
+    for name, first in ADDED.items():
+        if d.get(name) == first:
+            d.pop(name)
     return d
 
 

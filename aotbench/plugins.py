@@ -49,6 +49,7 @@ KINDS = {
     "network": "register_networks",
     "metric": "register_metrics",
     "launcher": "register_launchers",
+    "schedule": "register_schedules",
 }
 
 # Arguments that belong to a component's interface, not to its user-settable parameters.
@@ -82,6 +83,7 @@ class Component:
 
     @property
     def summary(self) -> str:
+        """The first line of the component's docstring ("" without one), shown by ``list``."""
         doc = inspect.getdoc(self.obj) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
@@ -149,6 +151,8 @@ class Registry:
         self.skipped = tuple(skipped)
 
     def get(self, kind: str, name: str) -> Component:
+        """The component ``name`` of ``kind``. Raises :class:`UserError` naming the available ones (and the plugins
+        skipped because they failed to load)."""
         table = self._by_kind[kind]
         if name not in table:
             skipped = f"; skipped as they failed to load: {', '.join(self.skipped)}" if self.skipped else ""
@@ -156,9 +160,11 @@ class Registry:
         return table[name]
 
     def names(self, kind: str) -> list[str]:
+        """Every registered name of ``kind``, sorted."""
         return sorted(self._by_kind[kind])
 
     def defaults(self, kind: str) -> list[str]:
+        """The names of ``kind`` registered with ``default=True``: what a grid uses when the axis is not given."""
         return sorted(n for n, c in self._by_kind[kind].items() if c.default)
 
     def __iter__(self):
@@ -331,5 +337,6 @@ def get_registry() -> Registry:
 
 
 def reset() -> None:
+    """Forget the process-wide registry; the next :func:`get_registry` builds it again."""
     global _registry
     _registry = None

@@ -35,7 +35,7 @@ DIST = "aotbench-doc-examples"
 #: the hooks whose examples this file runs end to end, and what each registers (the names the run below uses)
 NAMES = {"register_pairings": "sliced", "register_samplers": "midpoint", "register_guidance": "cfg-interval",
          "register_datasets": "rings", "register_networks": "film-mlp", "register_metrics": "nearest",
-         "register_launchers": "subprocesses"}
+         "register_launchers": "subprocesses", "register_schedules": "linear"}
 STEPS, N_SAMPLES = 4, 60
 
 
@@ -193,6 +193,20 @@ def test_metric_example_value_warning_and_parameters_are_in_the_record(examples,
         assert rec["metric_params"]["nearest"] == {"max_train": 10000}
         assert f"nearest: {N_SAMPLES} samples; the mean is noisy (use at least 100)" in rec["warnings"]
     assert "nearest" in out.stdout.splitlines()[0]  # a table column, like the built-in metrics
+
+
+def test_schedule_example_is_uniform_in_sigma_and_a_run_samples_on_it(examples, site, tmp_path):
+    linear = examples["register_schedules"][1]["Linear"]()
+    s = linear.sigmas(5, 0.002, 80.0, 7.0)
+    assert torch.allclose(torch.diff(s[:-1]), torch.full((4,), (0.002 - 80.0) / 4, dtype=torch.float64))
+    out = run_cli("run", "--dataset", "moons", "--network", "mlp:width=16:depth=1", "--pairing", "none",
+                  "--sampler", "euler", "--steps", "4", "--schedule", "karras,linear", "--train-steps", "20",
+                  "--batch", "32", "--pool", "64", "--n-samples", "40", "--metrics", "nfe,fd", "--results",
+                  str(tmp_path), "--quiet", env=site)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "cells").glob("*.json")]
+    fd = {r["config"]["schedule"]["name"]: r["metrics"]["fd"] for r in records}
+    assert set(fd) == {"karras", "linear"} and fd["karras"] != fd["linear"]
 
 
 LAUNCHER_SPEC = """experiment = "{name}"

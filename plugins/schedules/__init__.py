@@ -1,0 +1,1 @@
+"""Built-in sampling schedules: the noise levels a sampler steps through."""
