@@ -16,6 +16,8 @@ BUILTINS = [
     "samplers.edm_stochastic",
     "samplers.dpmpp_2m",
     "samplers.rk45",
+    "samplers.ipndm",
+    "samplers.deis",
     "guidance.none",
     "guidance.cfg",
     "guidance.dg",
