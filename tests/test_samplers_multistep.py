@@ -75,15 +75,15 @@ def orders(fn, schedule, steps=(16, 32, 64)):
     return fit, errs
 
 
-@pytest.mark.parametrize("name,params,lo,hi", [("ipndm", {}, 1.9, 2.6), ("deis", {}, 2.3, 3.2),
-                                               ("deis", {"max_order": 4}, 2.9, 3.8)])
+@pytest.mark.parametrize("name,params,lo,hi", [("ipndm", {}, 1.9, 2.6), ("deis", {"max_order": 3}, 2.3, 3.2),
+                                               ("deis", {}, 2.9, 3.8)])
 def test_order_on_the_edm_rho_7_schedule(registry, name, params, lo, hi):
     fit, errs = orders(build(registry, name, **params), rho7)
     assert lo < fit < hi, (fit, errs)
 
 
-@pytest.mark.parametrize("name,params,lo,hi", [("ipndm", {}, 1.8, 2.4), ("deis", {}, 2.2, 3.0),
-                                               ("deis", {"max_order": 4}, 2.7, 3.6)])
+@pytest.mark.parametrize("name,params,lo,hi", [("ipndm", {}, 1.8, 2.4), ("deis", {"max_order": 3}, 2.2, 3.0),
+                                               ("deis", {}, 2.7, 3.6)])
 def test_order_on_a_schedule_uniform_in_log_sigma(registry, name, params, lo, hi):
     fit, errs = orders(build(registry, name, **params), log_uniform)
     assert lo < fit < hi, (fit, errs)
@@ -192,7 +192,7 @@ def test_max_order_outside_1_to_4_is_refused(registry, name, bad):
 
 def test_the_registered_parameters_and_defaults(registry):
     assert registry.get("sampler", "ipndm").params == {"max_order": 4, "lower_order_final": False}
-    assert registry.get("sampler", "deis").params == {"max_order": 3, "lower_order_final": False}
+    assert registry.get("sampler", "deis").params == {"max_order": 4, "lower_order_final": False}
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])

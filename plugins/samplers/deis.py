@@ -22,9 +22,9 @@ the paper calls rhoAB-DEIS (its rho = sqrt((1 - alpha) / alpha) is EDM's sigma).
 the fixed Adams-Bashforth coefficients of ``ipndm``.
 
 **max_order counts slopes.** ``max_order`` = k is the number of evaluations combined, which is the order of the
-method: 3 (default) is third-order Adams-Bashforth, a quadratic through three slopes. The paper and its authors'
-code (qsh-zh/deis ``ab_order`` = r, r + 1 slopes) name the methods by the polynomial's degree r: their "tAB3" is
-``max_order=4`` here, and the default 3 is their tAB2. diff-sampler counts as here: its launch.sh runs the result
+method. The paper and its authors' code (qsh-zh/deis ``ab_order`` = r, r + 1 slopes) name the methods by the
+polynomial's degree r: their "tAB3" (a cubic through four slopes) is ``max_order=4`` here, the default, and
+``max_order=3`` is their tAB2. diff-sampler counts as here: its launch.sh runs the result
 it labels "DEIS-tAB3" with ``--max_order=4``.
 
 **Checked against** the reference implementations (read, not copied): zju-pi/diff-sampler (68d5ce4)
@@ -50,7 +50,7 @@ slope below the nominal order at 16-64 steps.
 - The step to sigma = 0 returns the denoiser output D(x; sigma_{N-1}), as ``dpmpp-2m`` does (also the Euler step
   there, and diff-sampler's ``denoise_to_zero``). One evaluation per step: NFE = steps = ``len(sigmas) - 1``.
   A schedule that does not end in 0 takes multistep steps throughout.
-- ``max_order`` 1..4 (default 3); a schedule shorter than ``max_order`` never reaches it.
+- ``max_order`` 1..4 (default 4: tAB3); a schedule shorter than ``max_order`` never reaches it.
 - ``lower_order_final`` (default False, as the paper's code and diff-sampler): when True, step i (of N, the step
   to sigma = 0 counted) uses at most order N - i. diffusers' DEISMultistepScheduler defaults to True but applies
   it only below 15 steps; here the flag applies whatever the number of steps.
@@ -83,7 +83,7 @@ def ab_weights(nodes, start, end):
     return weights
 
 
-def sample_deis(denoise, x, sigmas, *, noise_sampler=None, callback=None, max_order: int = 3,
+def sample_deis(denoise, x, sigmas, *, noise_sampler=None, callback=None, max_order: int = 4,
                 lower_order_final: bool = False):
     """DEIS tAB in sigma: variable-step Adams-Bashforth with exact Lagrange weights, orders 1..max_order.
 
