@@ -18,6 +18,8 @@ BUILTINS = [
     "samplers.rk45",
     "samplers.ipndm",
     "samplers.deis",
+    "samplers.dpmpp_3m",
+    "samplers.unipc",
     "guidance.none",
     "guidance.cfg",
     "guidance.dg",
