@@ -88,7 +88,7 @@ def test_a_config_made_for_other_data_is_refused_before_training(registry, tmp_p
 
 # -- per-sample randomness ------------------------------------------------------------------------------------------
 
-SAMPLERS = ["euler", "heun", "dpmpp-2m", "edm-stochastic:s_churn=40", "rk45"]
+SAMPLERS = ["euler", "heun", "dpmpp-2m", "edm-stochastic:s_churn=40", "rk45", "ipndm", "deis", "dpmpp-3m", "unipc"]
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
