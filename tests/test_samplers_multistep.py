@@ -191,8 +191,8 @@ def test_max_order_outside_1_to_4_is_refused(registry, name, bad):
 
 
 def test_the_registered_parameters_and_defaults(registry):
-    assert registry.get("sampler", "ipndm").params == {"max_order": 4, "lower_order_final": False}
-    assert registry.get("sampler", "deis").params == {"max_order": 4, "lower_order_final": False}
+    assert registry.get("sampler", "ipndm").params == {"max_order": 4, "lower_order_final": False, "afs": False}
+    assert registry.get("sampler", "deis").params == {"max_order": 4, "lower_order_final": False, "afs": False}
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
@@ -214,3 +214,27 @@ def test_on_equal_steps_deis_is_ipndm(registry):
     a = build(registry, "deis", max_order=4)(gaussian(), x_t.clone(), sig)
     b = build(registry, "ipndm", max_order=4)(gaussian(), x_t.clone(), sig)
     assert float((a - b).abs().max()) < 1e-11
+
+
+@pytest.mark.parametrize("name", ["ipndm", "deis"])
+def test_the_analytical_first_step_saves_one_evaluation_and_the_engine_counts_it(registry, name):
+    """AFS takes D(x; sigma_max) = 0 on the first step: NFE = steps - 1. At sigma_max = 80 the Gaussian's denoiser
+    is close to 0 (its mean 0.3 shrunk by sigma_data-like weights), so the end point moves little."""
+    sig = karras_sigmas(8, 0.002, 80.0, 7.0)
+    x_t = torch.randn(64, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 80.0
+    calls = []
+
+    def counted(x, s, **_):
+        calls.append(float(s))
+        return gaussian()(x, s)
+
+    plain = build(registry, name)(counted, x_t.clone(), sig)
+    n_plain = len(calls)
+    calls.clear()
+    fast = build(registry, name, afs=True)(counted, x_t.clone(), sig)
+    assert n_plain == 8 and len(calls) == 7 and 80.0 not in calls
+    assert torch.isfinite(fast).all() and float((fast - plain).abs().max()) < 0.05
+    one = karras_sigmas(1, 0.002, 80.0, 7.0)  # a single step to 0 must still evaluate the model
+    calls.clear()
+    build(registry, name, afs=True)(counted, x_t.clone(), one)
+    assert calls == [80.0]
