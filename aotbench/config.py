@@ -10,6 +10,7 @@ plugin's signature (defaults filled in) before hashing.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -95,6 +96,14 @@ def resolve(registry: Registry, kind: str, spec: str | dict | Choice) -> Choice:
     return Choice(name, tuple(sorted(comp.resolve(params).items())))
 
 
+def _check_finite(cfg) -> None:
+    """Refuse a NaN or infinite number in a config (it could neither be hashed into a key nor mean anything)."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{f.name} must be a finite number, got {value}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a trained model. Units: images for EMA/LR ramp, optimizer steps for duration.
@@ -127,6 +136,7 @@ class TrainConfig:
     data_fingerprint: str = ""
 
     def __post_init__(self):
+        _check_finite(self)
         b = self.batch // self.ranks if self.ranks > 0 else 0
         checks = [
             (self.train_steps >= 1, f"train_steps must be >= 1, got {self.train_steps}"),
@@ -211,6 +221,7 @@ class CellConfig:
     schedule: Choice = Choice("karras")
 
     def __post_init__(self):
+        _check_finite(self)
         if self.steps < 1:
             raise UserError(f"sampling steps must be >= 1, got {self.steps}")
         if not self.rho > 0:

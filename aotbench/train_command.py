@@ -48,6 +48,11 @@ def resolve_train_config(registry, text: str, results: Path):
         if d.get(kind) is None:
             raise UserError(f"--config {text}: the training config has no {kind!r}")
         d[kind] = resolve(registry, kind, d[kind]).to_dict()
+    from .grid import TRAIN_AXES, typed_value
+
+    for name, (field, typ) in {**TRAIN_AXES, "seed": ("seed", int)}.items():
+        if field in d:  # as a grid types them: 200.0 is 200, 10.7, true or "x" for an integer are refused
+            d[field] = typed_value(name, typ, d[field])
     known = set(TrainConfig.__dataclass_fields__)
     unknown = sorted(set(d) - known)
     if unknown:

@@ -4,9 +4,12 @@ config field the grid sets, and a table column; and every config field a grid ca
 from __future__ import annotations
 
 import dataclasses
+import json
+
+import pytest
 
 from aotbench.axes import AXES_TABLE, axes
-from aotbench.cli import build_parser, grid_spec
+from aotbench.cli import build_parser, grid_spec, main
 from aotbench.config import CellConfig, TrainConfig
 from aotbench.grid import expand
 from aotbench.plugins import KINDS
@@ -64,3 +67,26 @@ def test_a_second_value_on_every_axis_reaches_the_config_and_the_table(registry)
         assert row[name] == value, name
     for name, label in CHOICES.items():
         assert row[name].split(":")[0] == label.split(":")[0], name
+
+
+@pytest.mark.parametrize("flag, value", [("--sigma-max", "Infinity"), ("--lr", "NaN"), ("--rho=-Infinity", None)])
+def test_a_non_finite_number_is_one_line_before_any_work(tmp_path, capsys, flag, value):
+    code = main(["run", "--dataset", "moons", flag, *([value] if value else []), "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "must be a finite number" in err, err
+
+
+def test_train_config_fields_are_typed_as_the_grid_types_them(registry, tmp_path):
+    from aotbench.errors import UserError
+    from aotbench.train_command import resolve_train_config
+
+    def key(**changes):
+        path = tmp_path / "cfg.json"
+        path.write_text(json.dumps({"dataset": "moons", "network": "mlp:width=16:depth=1", "pairing": "none",
+                                    "train_steps": 100, "batch": 64, "pool": 64, **changes}))
+        return resolve_train_config(registry, str(path), tmp_path).key
+
+    assert key(train_steps=100.0) == key(batch=64.0) == key(train_steps="100") == key()
+    for bad in ({"train_steps": 10.7}, {"train_steps": True}, {"batch": "many"}):
+        with pytest.raises(UserError, match="takes int values"):
+            key(**bad)

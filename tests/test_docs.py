@@ -237,7 +237,7 @@ def test_launcher_example_runs_a_sweep_to_the_records_of_the_built_in_launcher(s
         records[launcher] = {p.name: json.loads(p.read_text())["metrics"]["fd"] for p in cells}
     assert len(records["debug"]) == 2 and records["subprocesses"] == records["debug"]
     jobs = tmp_path / "r" / "subprocesses" / "jobs"
-    outcomes = [json.loads(p.read_text())["state"] for p in jobs.glob("sp-*_0_outcome.json")]
+    outcomes = [json.loads(p.read_text())["state"] for p in jobs.glob("sp*_0_outcome.json")]
     assert outcomes == ["COMPLETED"] * 3  # the model's train job, then one eval job per cell
     status = run_cli("sweep", str(tmp_path / "subprocesses.toml"), "--launcher", "subprocesses", "--status",
                      "--results", str(tmp_path / "r"), env=site)

@@ -43,6 +43,7 @@ metrics = ["nfe", "fd"]
 [resources]
 cpus_per_task = 1
 time_min = 5
+signal_delay_s = 40
 
 [resources.eval]
 cells_per_job = 2
@@ -396,7 +397,7 @@ def test_local_jobs_start_with_sigint_ignored_so_ctrl_c_does_not_reach_them(regi
             raise Stop
 
     plan = plan_of(registry, write_spec(tmp_path), tmp_path / "r")
-    monkeypatch.setattr(local_launcher.submitit, "AutoExecutor", Executor)
+    monkeypatch.setattr(local_launcher.submitit, "LocalExecutor", Executor)
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(Stop):
         schedule.run_in_slots(plan, local_launcher.Local(), {}, Ledger(plan.jobs_dir), lambda k: True,
@@ -478,3 +479,40 @@ def test_parse_sinfo_on_recorded_output():
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ------------------------------------------------------------------------- 6. malformed files in the results folder
+
+@pytest.mark.parametrize("content", ["fifo", "dir", '{"submissions": [1]}',
+                                     '{"submissions": [{"jobs": [{"job_id": "1"}]}]}',
+                                     '{"submissions": [], "fingerprints": [1]}', '{"fingerprints": {"moons": 5}}'])
+def test_a_malformed_ledger_is_one_line_exit_2(tmp_path, capsys, content):
+    spec = write_spec(tmp_path)
+    results = tmp_path / "r"
+    ledger = results / "safe" / "jobs" / "sweep.json"
+    ledger.parent.mkdir(parents=True)
+    if content == "fifo":
+        os.mkfifo(ledger)  # reading it would block forever
+    elif content == "dir":
+        ledger.mkdir()
+    else:
+        ledger.write_text(content)
+    assert main(["sweep", str(spec), "--launcher", "local", "--status", "--results", str(results)]) == 2
+    assert "corrupt sweep state" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("content", ["fifo", "dir", "[1, 2]", "{not json"])
+def test_a_malformed_record_counts_as_not_done(registry, tmp_path, capsys, content):
+    spec = write_spec(tmp_path)
+    results = tmp_path / "r"
+    plan = plan_of(registry, spec, results)
+    path = results / "safe" / "cells" / f"{plan.cells[0].key}.json"
+    path.parent.mkdir(parents=True)
+    if content == "fifo":
+        os.mkfifo(path)
+    elif content == "dir":
+        path.mkdir()
+    else:
+        path.write_text(content)
+    assert main(["sweep", str(spec), "--launcher", "local", "--status", "--results", str(results)]) == 0
+    assert "done     0" in capsys.readouterr().out

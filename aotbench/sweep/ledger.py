@@ -35,6 +35,25 @@ class JobRecord:
                 "cells": list(self.cells)}
 
 
+def _check_state(state) -> None:
+    """Raise ValueError unless ``state`` has the ledger's shape: a list of submissions, each a list of jobs whose
+    fields are strings (cells: a list of strings), and fingerprints mapping strings to strings."""
+    if not isinstance(state, dict) or not isinstance(state.get("submissions", []), list):
+        raise ValueError("not a sweep ledger")
+    for sub in state.get("submissions", []):
+        if not isinstance(sub, dict) or not isinstance(sub.get("jobs", []), list):
+            raise ValueError("a submission is not a table with a list of jobs")
+        for j in sub.get("jobs", []):
+            if not isinstance(j, dict) or not all(isinstance(j.get(k), str) for k in
+                                                  ("launcher", "stage", "job_id", "train_key")):
+                raise ValueError("a job lacks its launcher, stage, job_id or train_key")
+            if not isinstance(j.get("cells", []), list) or not all(isinstance(c, str) for c in j.get("cells", [])):
+                raise ValueError("a job's cells are not a list of keys")
+    prints = state.get("fingerprints", {})
+    if not isinstance(prints, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prints.items()):
+        raise ValueError("fingerprints are not a table of strings")
+
+
 class Ledger:
     """The ledger of one sweep's jobs folder. :meth:`begin` opens a submission; :meth:`add` appends jobs to it and
     saves at once (atomically), so a sweep killed mid-submission still knows every job it submitted."""
@@ -42,17 +61,17 @@ class Ledger:
     def __init__(self, jobs_dir: Path):
         self.dir = Path(jobs_dir)
         self.path = self.dir / STATE_FILE
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():
             self.state: dict = {"submissions": []}
             return
         try:
+            if not self.path.is_file() or self.path.stat().st_size > 64 << 20:  # not a FIFO to block on
+                raise ValueError("not a regular file of at most 64 MiB")
             self.state = json.loads(self.path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            _check_state(self.state)
+        except (OSError, ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
             raise UserError(f"corrupt sweep state {self.path}: {err}; delete it to forget earlier submissions") \
                 from None
-        if not isinstance(self.state, dict) or not isinstance(self.state.get("submissions", []), list):
-            raise UserError(f"corrupt sweep state {self.path}: not a sweep ledger; delete it to forget earlier "
-                            f"submissions")
 
     def jobs(self) -> list[JobRecord]:
         """Every job of every submission, oldest first."""

@@ -39,13 +39,26 @@ def model_done(path, key: str) -> bool:
     return isinstance(ckpt, dict) and ckpt.get("train_key") == key and bool(ckpt.get("done"))
 
 
+def read_record(path) -> dict | None:
+    """The record at ``path``, or None when there is none or it is not a readable JSON object (a FIFO is not read,
+    nor a directory or a huge file): such a cell is evaluated again and its record replaced."""
+    from ..storage import read_json
+
+    try:
+        if not path.is_file() or path.stat().st_size > 64 << 20:
+            return None
+        record = read_json(path)
+    except (OSError, UnicodeDecodeError, UserError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def complete(ws, experiment: str, cell) -> bool:
     """A cell is done when its record holds every metric it asks for (a missing metric is added by a rerun)."""
     from ..runner import missing_metrics
-    from ..storage import read_json
 
-    path = ws.record_path(experiment, cell)
-    return path.exists() and not missing_metrics(cell, read_json(path))
+    record = read_record(ws.record_path(experiment, cell))
+    return record is not None and not missing_metrics(cell, record)
 
 
 def grid_cells(registry, spec: Spec, ledger: Ledger, *, light: bool) -> list:
@@ -172,11 +185,10 @@ def _interrupted(plan: Plan, launchers: dict, log: Log) -> int:
 def _finish(registry, plan: Plan, launchers: dict, out: Log, log: Log) -> int:
     """Print the table of the sweep's records; exit status 1 (with the status lines) when cells lack a record."""
     from ..records import Workspace
-    from ..storage import read_json
     from ..tables import display_table, records_frame
 
     ws = Workspace(plan.spec.results)
-    records = [read_json(p) for c in plan.cells if (p := ws.record_path(plan.spec.experiment, c)).exists()]
+    records = [r for c in plan.cells if (r := read_record(ws.record_path(plan.spec.experiment, c))) is not None]
     if records:
         out(display_table(records_frame(records, registry)).to_markdown(index=False))
     missing = len(plan.cells) - len(records)

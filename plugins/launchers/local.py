@@ -52,12 +52,13 @@ class Local:
 
     def submit(self, fn, payloads: list[dict], job) -> list:
         """Start one subprocess per payload; returns submitit jobs (``job_id`` is the controller's pid)."""
-        ex = submitit.AutoExecutor(job.folder, cluster="local", local_max_num_timeout=job.max_requeue)
+        # submitit's LocalExecutor itself: its AutoExecutor does not pass signal_delay_s on
+        ex = submitit.LocalExecutor(job.folder, max_num_timeout=job.max_requeue)
         params = job.submitit_parameters()
-        if job.resources.signal_delay_s is not None:
-            params["local_signal_delay_s"] = job.resources.signal_delay_s
+        params["signal_delay_s"] = job.resources.signal_delay_s if job.resources.signal_delay_s is not None \
+            else self.signal_delay_s
         if job.resources.setup:
-            params["local_setup"] = list(job.resources.setup)
+            params["setup"] = list(job.resources.setup)
         ex.update_parameters(**params)
         job.folder.mkdir(parents=True, exist_ok=True)
         with _sigint_ignored():
