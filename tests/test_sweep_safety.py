@@ -317,7 +317,8 @@ def test_status_shows_sacct_state_of_a_failed_slurm_training_job_without_outcome
 
 def test_a_training_job_failing_under_the_local_launcher_is_reported_with_its_error(registry, tmp_path, capsys):
     """End to end, one real submitit job: its function writes the outcome, the sweep reads it (not the pickle)."""
-    spec = write_spec(tmp_path, device="cuda:99")  # fails in the job, on any machine
+    spec = write_spec(tmp_path)
+    spec.write_text(spec.read_text().replace("pool = 64\n", "pool = 64\nlr = 1e30\n"))  # diverges in the job
     results = tmp_path / "r"
     assert main(["sweep", str(spec), "--launcher", "local", "--results", str(results)]) == 1
     err = capsys.readouterr().err
@@ -516,3 +517,18 @@ def test_a_malformed_record_counts_as_not_done(registry, tmp_path, capsys, conte
         path.write_text(content)
     assert main(["sweep", str(spec), "--launcher", "local", "--status", "--results", str(results)]) == 0
     assert "done     0" in capsys.readouterr().out
+
+
+def test_a_device_this_machine_lacks_is_refused_before_local_jobs_start(tmp_path, capsys):
+    if torch_has_cuda():
+        pytest.skip("this machine has a GPU")
+    spec = write_spec(tmp_path, device="cuda")
+    assert main(["sweep", str(spec), "--launcher", "local", "--results", str(tmp_path / "r")]) == 2
+    assert "options.device" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "r" / "safe" / "jobs" / "sweep.json").exists()
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -110,10 +110,16 @@ def run_sweep(spec: Spec, launcher_text: str, *, dry_run: bool = False, status: 
     launcher = registry.get("launcher", choice.name).build(**choice.kwargs)
     launchers = {**launchers_of(registry), choice.name: launcher}
     check_times(spec, launcher)
-    if getattr(launcher, "on_this_machine", False):
+    if getattr(launcher, "on_this_machine", False):  # this machine runs the jobs: it must have what they ask for
         import torch
 
+        from ..devices import resolve_device
+
         check_gpus(spec, choice.name, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        try:
+            resolve_device(spec.options.get("device", "auto"))
+        except UserError as err:
+            raise UserError(f"options.device: {err} (launcher {choice.name} runs the jobs on this machine)") from None
     plan, ledger = gather_plan(registry, spec, choice.name, launcher, launchers, light=dry_run or status,
                                force=force)
     if status:

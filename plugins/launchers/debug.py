@@ -17,7 +17,7 @@ from aotbench.sweep.outcome import now, outcome_path, write_outcome
 
 
 class Debug:
-    """Jobs run in this process when submitted; the first error is raised (post-mortem pdb at a terminal)."""
+    """Jobs in this process, one after the other; the first error stops the sweep (pdb at a terminal)."""
 
     on_this_machine = True
     own_processes = False

@@ -42,8 +42,10 @@ def _pid_alive(pid: str) -> bool:
 
 
 class Local:
-    """Jobs as local subprocesses. Preemption signal (USR2) 30 s before a job's time limit unless
-    ``signal_delay_s`` says otherwise; a job requeues itself up to ``max_requeue`` times."""
+    """Jobs as subprocesses of this machine, a few at a time.
+
+    Preemption signal (USR2) 30 s before a job's time limit unless ``signal_delay_s`` says otherwise; a job
+    requeues itself up to ``max_requeue`` times."""
 
     on_this_machine = True
     own_processes = True

@@ -194,9 +194,10 @@ def check_resources(plan, cluster: dict) -> None:
 # ---------------------------------------------------------------------------------------------------- the launcher
 
 class Slurm:
-    """Job arrays under SLURM. Preemption signal (USR2) 90 s before the time limit unless ``signal_delay_s`` says
-    otherwise; a preempted or timed-out task is requeued up to ``max_requeue`` times and resumes from its
-    checkpoint."""
+    """Job arrays on a SLURM cluster, checked against sinfo first.
+
+    Preemption signal (USR2) 90 s before the time limit unless ``signal_delay_s`` says otherwise; a preempted or
+    timed-out task is requeued up to ``max_requeue`` times and resumes from its checkpoint."""
 
     on_this_machine = False
     own_processes = True
