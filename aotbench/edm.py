@@ -86,6 +86,26 @@ def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
     return torch.cat([sig, torch.zeros(1, dtype=torch.float64, device=device)])
 
 
+def schedule_fractions(steps: int, sigma_min: float, sigma_max: float, device=None) -> torch.Tensor:
+    """i / (N - 1) for i = 0..N-1 (just 0 for N = 1), float64: the grid an interpolating schedule spaces its noise
+    levels on. Raises ValueError for ``steps < 1`` or ``not 0 < sigma_min < sigma_max``."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    return torch.arange(steps, dtype=torch.float64, device=device) / max(steps - 1, 1)
+
+
+def finish_schedule(sig: torch.Tensor, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """``sig`` [N] with its end points pinned to sigma_max and sigma_min exactly (float rounding of the interpolation
+    aside), then the final 0 appended: [N + 1]."""
+    sig = sig.clone()
+    sig[0] = sigma_max
+    if len(sig) > 1:
+        sig[-1] = sigma_min
+    return torch.cat([sig, sig.new_zeros(1)])
+
+
 def ema_beta(batch_img: int, cur_img: int, halflife_img: float, rampup_ratio: float | None) -> float:
     """EDM's EMA decay per step: half-life in images, optionally ramped up as rampup_ratio * images seen."""
     halflife = halflife_img

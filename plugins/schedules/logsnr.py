@@ -10,6 +10,7 @@ import math
 import torch
 
 from aotbench import hookimpl
+from aotbench.edm import finish_schedule, schedule_fractions
 
 
 class LogSNR:
@@ -19,16 +20,9 @@ class LogSNR:
 
     def sigmas(self, steps, sigma_min, sigma_max, rho, *, device=None):
         """``[steps + 1]`` float64, strictly decreasing, end points exact. Raises ValueError for a bad range."""
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-        frac = torch.arange(steps, dtype=torch.float64, device=device) / max(steps - 1, 1)
+        frac = schedule_fractions(steps, sigma_min, sigma_max, device)
         sig = torch.exp(math.log(sigma_max) + frac * (math.log(sigma_min) - math.log(sigma_max)))
-        sig[0] = sigma_max
-        if steps > 1:
-            sig[-1] = sigma_min
-        return torch.cat([sig, torch.zeros(1, dtype=torch.float64, device=device)])
+        return finish_schedule(sig, sigma_min, sigma_max)
 
 
 @hookimpl

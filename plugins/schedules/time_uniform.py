@@ -13,6 +13,7 @@ import math
 import torch
 
 from aotbench import hookimpl
+from aotbench.edm import finish_schedule, schedule_fractions
 
 BETA_D, BETA_MIN = 19.9, 0.1
 
@@ -39,18 +40,9 @@ class TimeUniform:
 
     def sigmas(self, steps, sigma_min, sigma_max, rho, *, device=None):
         """``[steps + 1]`` float64, strictly decreasing, end points exact. Raises ValueError for a bad range."""
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-        k = self.power
-        a, b = vp_time(sigma_max) ** (1 / k), vp_time(sigma_min) ** (1 / k)
-        frac = torch.arange(steps, dtype=torch.float64, device=device) / max(steps - 1, 1)
-        sig = vp_sigma((a + frac * (b - a)) ** k)
-        sig[0] = sigma_max
-        if steps > 1:
-            sig[-1] = sigma_min
-        return torch.cat([sig, torch.zeros(1, dtype=torch.float64, device=device)])
+        frac = schedule_fractions(steps, sigma_min, sigma_max, device)
+        a, b = vp_time(sigma_max) ** (1 / self.power), vp_time(sigma_min) ** (1 / self.power)
+        return finish_schedule(vp_sigma((a + frac * (b - a)) ** self.power), sigma_min, sigma_max)
 
 
 @hookimpl
