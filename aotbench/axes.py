@@ -53,6 +53,8 @@ AXES_TABLE: tuple[Axis, ...] = (
     Axis("batch", "train", int, "global batch, samples per optimizer step over all ranks"),
     Axis("pool", "train", int, "AOT pool per rank, samples (a multiple of the per-rank batch)"),
     Axis("ranks", "train", int, "data-parallel ranks, each pairing its own pool (simulated in one process)"),
+    Axis("global_pool", "train", bool, "pair one assignment over every rank's pool together (ranks x pool "
+                                       "samples) instead of each rank's own (true/false)"),
     Axis("lr", "train", float, "learning rate (Adam)"),
     Axis("lr_rampup_img", "train", int, "learning-rate ramp-up, images"),
     Axis("ema_halflife_img", "train", float, "EMA half-life, images"),

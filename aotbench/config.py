@@ -26,6 +26,10 @@ RENAMED = {"steps": "train_steps"}
 #: them computed; at that value they are left out of every key (:func:`aotbench.identity.sampling_dict`)
 ADDED = {"schedule": {"name": "karras"}}
 
+#: TrainConfig fields added since models were first trained, and the value that trains what models without them
+#: trained; at that value they are left out of the model's key (:func:`aotbench.identity.model_key`)
+TRAIN_ADDED = {"global_pool": False}
+
 #: how a conditional cell without a fixed label draws its classes
 LABEL_SAMPLING = ("train", "uniform")
 
@@ -122,6 +126,8 @@ class TrainConfig:
     batch: int = 128
     pool: int = 512
     ranks: int = 1
+    #: pair one assignment over all ranks' pools (ranks x pool samples) instead of one per rank
+    global_pool: bool = False
     lr: float = 1e-3
     lr_rampup_img: int = 0
     ema_halflife_img: float = 500_000.0

@@ -52,17 +52,28 @@ class Pairing(Protocol):
     The constructor takes only keyword parameters with defaults (the user-settable ones) and raises ValueError for a
     value outside its domain. The instance must be picklable: the engine may run ``pair`` in a worker process.
 
-    Optional member: ``check_pool(pool, shape)`` (:class:`PoolCheck`).
+    Optional members:
+
+    - ``check_pool(pool, shape)`` (:class:`PoolCheck`);
+    - ``noise_factor``: an int f >= 1 (an attribute of the instance, so it may follow a parameter): ``pair``
+      then receives f P noises and returns an *injective* map from the P items into them (nearest-of-k noise);
+    - ``stateful = True`` (a class attribute): the pairing keeps state from pool to pool (:class:`PairingState`:
+      ``start``, ``state_dict``, ``load_state_dict``), ``pair`` also receives ``index=`` (the pool's dataset
+      indices [P], long), its pools are paired in order by one process, and its state is checkpointed with the
+      model. A stateful pairing cannot pair global pools.
     """
 
     def pair(self, data: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The pairing of one pool: ``perm`` [P] (long) such that ``noise[perm[i]]`` is paired with ``data[i]``.
 
-        ``data`` [P, *S] float32 in [-1, 1] (augmented, if augmentation is on); ``noise`` [P, *S] float32 standard
-        normal; ``labels`` [P] long in 0..K-1 when the model is class-conditional, else None. ``perm`` must be a
-        bijection of ``range(P)`` (the engine checks it and refuses the pool otherwise). Raises
-        :class:`aotbench.errors.UserError` (one line) for data it cannot pair, e.g. non-finite values; any other
-        exception ends training with its message.
+        ``data`` [P, *S] float32 in [-1, 1] (augmented, if augmentation is on); ``noise`` [f P, *S] float32
+        standard normal (f the noise factor, 1 unless declared); ``labels`` [P] long in 0..K-1 when the model is
+        class-conditional, else None. ``perm`` must map the P items to distinct noises: a bijection of ``range(P)``
+        for f = 1 (the engine checks it and refuses the pool otherwise). A pairing that draws its own noise
+        (LOOM-CFM's persistent noise) returns ``(perm, own_noise)`` instead, ``own_noise`` [M >= P, *S] float32
+        standard normal, ``perm`` injective into it; the engine trains on that noise and measures it
+        (``noise_ks_p``). Raises :class:`aotbench.errors.UserError` (one line) for data it cannot pair, e.g.
+        non-finite values; any other exception ends training with its message.
         """
         ...
 
@@ -74,6 +85,32 @@ class PoolCheck(Protocol):
     def check_pool(self, pool: int, shape: tuple[int, ...]) -> None:
         """Raise ValueError (one line, its cause) for a pool of ``pool`` samples of per-sample ``shape`` it cannot
         handle, e.g. one whose cost matrix exceeds a memory budget; return None otherwise."""
+        ...
+
+
+@runtime_checkable
+class PairingState(Protocol):
+    """The members a pairing with ``stateful = True`` must have: its state is part of the training state.
+
+    ``pair`` of a stateful pairing is called as ``pair(data, noise, labels, index=index)``. Each rank has its own
+    instance. The engine calls ``start`` once per run (before the first pool, and again before loading a state on
+    resume), and snapshots ``state_dict()`` before and after each pool (in the pairing worker, if there is one), so
+    a resumed run pairs every later pool exactly as an uninterrupted one.
+    """
+
+    def start(self, n_items: int, seed: int) -> None:
+        """A fresh state for a training set of ``n_items`` items, its randomness derived from ``seed`` (an int,
+        derived from the run seed and the rank)."""
+        ...
+
+    def state_dict(self) -> dict:
+        """The state: a dict of tensors and plain numbers (saved in the checkpoint, read with
+        ``weights_only=True``); a copy, not a view the pairing goes on mutating."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take over a state written by :meth:`state_dict` after :meth:`start`. Raises ValueError (one line) for a
+        state it cannot use, e.g. one written for a dataset of another size."""
         ...
 
 
@@ -329,7 +366,8 @@ class Contract:
 
 #: kind -> its contract
 CONTRACTS: dict[str, Contract] = {
-    "pairing": Contract(Pairing, "class", optional=(PoolCheck,)),
+    "pairing": Contract(Pairing, "class", optional=(PoolCheck, PairingState),
+                        attributes={"stateful": (bool,), "noise_factor": (int,)}),
     "sampler": Contract(Sampler, "callable"),
     "guidance": Contract(Guidance, "class", optional=(GuidancePrepare,),
                          attributes={"needs": (set, frozenset, tuple, list)}),
@@ -483,6 +521,12 @@ def problem(kind: str, obj: Any) -> str | None:
         if not isinstance(value, types):
             return (f"its {attr} is {type(value).__name__}, not {' or '.join(t.__name__ for t in types)} (see "
                     f"aotbench.contracts.{proto.__name__})")
+    if kind == "pairing" and inspect.isclass(obj) and getattr(obj, "stateful", False) is True:
+        if (why := _check_methods(obj, PairingState, required=True)) is not None:
+            return why
+        sig = _method_signature(obj, "pair")
+        if isinstance(sig, inspect.Signature) and not _accepts(sig, (["data", "noise", "labels"], ["index"])):
+            return f"it is stateful, but pair{_plain(sig)} cannot be called as pair(data, noise, labels, index=...)"
     needs = getattr(obj, "needs", None) if kind == "guidance" else None
     if isinstance(needs, (set, frozenset, tuple, list)) and set(needs) - GUIDANCE_NEEDS:
         return (f"its needs name {', '.join(map(repr, sorted(set(needs) - GUIDANCE_NEEDS, key=str)))}, not among "

@@ -33,6 +33,7 @@ import torch
 from . import edm, identity
 from .config import CellConfig
 from .data import Splits
+from .errors import UserError
 from .plugins import Registry
 from .progress import bar
 from .seeds import PerSampleNoise, per_sample
@@ -132,8 +133,9 @@ class EvalContext:
 
     def __init__(self, registry: Registry, cell: CellConfig, splits: Splits, model: edm.Precond, *,
                  device="cpu", cache_dir: Path = Path("results/cache"), memo: dict | None = None,
-                 batch: int = 2000, progress: bool = False):
+                 batch: int = 2000, progress: bool = False, checkpoint: dict | None = None):
         self.registry, self.cell, self.splits, self.model = registry, cell, splits, model
+        self.checkpoint = checkpoint
         self.device, self.cache_dir, self.batch, self.progress = torch.device(device), Path(cache_dir), batch, progress
         self.memo_store = {} if memo is None else memo
         self.timings: dict[str, float] = {}
@@ -158,6 +160,18 @@ class EvalContext:
         """A one-line note on this cell's numbers: printed by the runner and kept in the record's ``warnings``."""
         if message not in self.warnings:
             self.warnings.append(message)
+
+    def coupling(self) -> dict[str, float]:
+        """The model's coupling diagnostics (:func:`aotbench.train.coupling_diagnostics`): ``pair_cost_ratio``,
+        ``noise_ks_p``, ``noise_mean_z``, ``noise_cov_max``, ``noise_n``, ``noise_ks_n``; once per model.
+
+        Raises UserError when the context was built without the model's checkpoint."""
+        from .train import coupling_diagnostics
+
+        if self.checkpoint is None:
+            raise UserError("coupling diagnostics need the model's training checkpoint, which this context lacks")
+        return self.memo(("coupling", self.cell.train.key),
+                         lambda: coupling_diagnostics(self.registry, self.cell.train, self.checkpoint))
 
     def noise_for(self, seed_range: int = 0) -> torch.Tensor:
         """Standard-normal starting noise [n, *S], row i from sample i's own generator: the same for every cell with

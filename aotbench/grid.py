@@ -146,6 +146,7 @@ def expand(registry: Registry, spec: dict[str, Any], *, fingerprints: dict[str, 
 
 def validate(registry: Registry, cells: list[CellConfig]) -> None:
     """Refuse impossible combinations before any work starts."""
+    from .pool import is_stateful
     from .train import build_model
 
     checked_models = set()
@@ -160,11 +161,16 @@ def validate(registry: Registry, cells: list[CellConfig]) -> None:
             build_model(registry, t, splits)  # wrong shapes, missing labels
             checked_models.add((t.dataset, t.network, t.conditional))
         pairing = registry.get("pairing", t.pairing.name).build(**t.pairing.kwargs)
+        if t.global_pool and is_stateful(pairing):
+            raise UserError(f"pairing '{t.pairing.name}' keeps per-item state on each rank; it cannot pair global "
+                            f"pools (set global_pool false)")
         if hasattr(pairing, "check_pool"):
+            pool = t.pool * (t.ranks if t.global_pool else 1)  # a global pool is solved as one
             try:
-                pairing.check_pool(t.pool, splits.shape)
+                pairing.check_pool(pool, splits.shape)
             except ValueError as err:
-                raise UserError(f"pairing '{t.pairing.name}': {err}") from None
+                where = f" (a global pool of {t.ranks} ranks x {t.pool})" if t.global_pool else ""
+                raise UserError(f"pairing '{t.pairing.name}'{where}: {err}") from None
         guidance = registry.get("guidance", cell.guidance.name).build(**cell.guidance.kwargs)
         needs = set(getattr(guidance, "needs", ()))
         if "conditional" in needs and not t.conditional:

@@ -40,7 +40,10 @@ def register_pairings(register):
     such that ``noise[perm[i]]`` is paired with ``data[i]``. The engine checks that ``perm`` is a bijection. The
     instance must be picklable: the engine may run ``pair`` in a background worker process. Optional
     ``check_pool(pool, shape)`` raises ValueError for a pool it cannot handle (e.g. over a memory budget), so the
-    engine refuses it before training starts.
+    engine refuses it before training starts. Optional ``noise_factor`` (int f: ``noise`` is ``[f P, *S]`` and
+    ``perm`` an injection into it), ``(perm, own_noise)`` as the return value (noise the pairing drew itself), and
+    ``stateful = True`` (state kept across pools and checkpointed: ``start``, ``state_dict``,
+    ``load_state_dict``, and ``pair(..., index=...)``) are described in :class:`aotbench.contracts.Pairing`.
     """
 
 

@@ -48,12 +48,16 @@ def data_fingerprint(splits) -> str:
 
 def model_key(train) -> str:
     """Key of a trained model: its training config (dataset choice, data fingerprint, network, pairing, budget).
-    Renamed fields hash under their first names (``config.RENAMED``): a name is not a value."""
-    from .config import RENAMED
+    Renamed fields hash under their first names (``config.RENAMED``): a name is not a value. A field added since
+    models were first trained is left out at the value that trains them (``config.TRAIN_ADDED``)."""
+    from .config import RENAMED, TRAIN_ADDED
 
     d = train.to_dict()
     for old, new in RENAMED.items():
         d[old] = d.pop(new)
+    for name, first in TRAIN_ADDED.items():
+        if d.get(name) == first:
+            d.pop(name)
     return stable_hash({"train": d})
 
 

@@ -2,11 +2,13 @@
 
 Tables give the mean +- sd over seeds:
 
-- ``models``: per dataset x pairing (x conditional): curvature of the probability-flow ODE, training seconds and
-  the share of them spent pairing;
+- ``models``: per dataset x pairing (x every other training setting that varies): curvature of the
+  probability-flow ODE, the coupling diagnostics (``pair_cost_ratio``, ``noise_ks_p``, ``noise_mean_z``,
+  ``noise_cov_max``: the ``coupling`` metric), training seconds and the share of them spent pairing;
 - ``cells``: per dataset x pairing x sampler x rho x guidance x NFE: FD (FID where computed), W2, truncation error.
 
-Figures: FD vs NFE (one line per pairing, seed bands), curvature per pairing, truncation error vs NFE, 2-D ODE
+Figures: FD vs NFE (one line per pairing, seed bands), curvature and pair cost ratio per model configuration,
+truncation error vs NFE, 2-D ODE
 trajectories of two pairings side by side, the "tangent strip" (the denoiser output D(x_sigma; sigma) at about 10
 sigmas along one trajectory, the AOT paper's teaser figure), and a sample grid per pairing. Figures that need
 arrays the records do not have (trajectories, samples) are skipped with a note.
@@ -27,7 +29,10 @@ from .storage import atomic_write_bytes, atomic_write_text
 from .tables import group_columns, metric_columns, model_columns, records_frame, summarize
 
 #: read from a model's unguided cells into the model table, not the cell table
-MODEL_METRICS = ["curvature"]
+MODEL_METRICS = ["curvature", "pair_cost_ratio", "noise_ks_p", "noise_mean_z", "noise_cov_max", "noise_n",
+                 "noise_ks_n"]
+#: the model metrics the model table shows (the sample counts stay in models.csv)
+MODEL_SHOWN = ["curvature", "pair_cost_ratio", "noise_ks_p", "noise_mean_z", "noise_cov_max"]
 
 
 def _pm(mean, sd, n, digits=4) -> str:
@@ -45,7 +50,8 @@ def pairing_order(df: pd.DataFrame) -> dict[str, int]:
 
 
 def model_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per model configuration (seeds pooled): curvature and training time with its pairing share.
+    """Per model configuration (seeds pooled): curvature, coupling diagnostics, and training time with its pairing
+    share.
 
     Curvature belongs to the ODE that was solved, and guidance changes it, so a model's curvature is read from its
     unguided cells (from a guided one only where it has none)."""
@@ -53,7 +59,8 @@ def model_table(df: pd.DataFrame) -> pd.DataFrame:
     per_model = df.assign(_g=guided).sort_values("_g", kind="stable").drop_duplicates("train_key")
     per_model = per_model.drop(columns="_g").copy()
     per_model["pair_share"] = per_model["pair_seconds"] / per_model["train_seconds"]
-    metrics = [m for m in (*MODEL_METRICS, "train_seconds", "pair_seconds", "pair_share") if m in per_model]
+    metrics = [m for m in (*MODEL_METRICS, "train_seconds", "pair_seconds", "pair_share")
+               if m in per_model and per_model[m].notna().any()]
     out = summarize(per_model, metrics, by=model_by(per_model))
     out["_p"] = out["pairing"].map(pairing_order(df))
     keys = [c for c in ("dataset", "conditional") if c in out] + ["_p"]
@@ -103,8 +110,10 @@ def write_tables(df: pd.DataFrame, out: Path) -> dict[str, pd.DataFrame]:
           ""]
     mby, cby = model_by(models), group_columns(df)
     for ds in cells["dataset"].unique():
-        md += [f"## {ds}", "", "### Models: ODE curvature (unguided) and training cost", "",
-               _drop_constant(_display(models[models.dataset == ds], mby)).to_markdown(index=False), "",
+        shown = models[models.dataset == ds].drop(columns=[f"{m}{sd}" for m in MODEL_METRICS if m not in MODEL_SHOWN
+                                                           for sd in ("", "_sd")], errors="ignore")
+        md += [f"## {ds}", "", "### Models: ODE curvature (unguided), coupling diagnostics and training cost", "",
+               _drop_constant(_display(shown, mby)).to_markdown(index=False), "",
                "### Cells: quality vs NFE", "",
                _drop_constant(_display(cells[cells.dataset == ds], cby),
                               keep=("pairing", "sampler", "nfe")).to_markdown(index=False), ""]
@@ -173,7 +182,9 @@ def _lines_vs_nfe(cells: pd.DataFrame, metric: str, out: Path, name: str, ylabel
     written = []
     sub = cells[cells[metric].notna()] if metric in cells else cells.iloc[0:0]
     sub = sub.assign(_series=_series(sub)) if len(sub) else sub
-    colours = {p: f"C{i % 10}" for i, p in enumerate(dict.fromkeys(sub["_series"]))} if len(sub) else {}
+    names = list(dict.fromkeys(sub["_series"])) if len(sub) else []
+    palette = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    colours = {p: palette(i % palette.N) for i, p in enumerate(names)}
     for ds in sub["dataset"].unique() if len(sub) else []:
         d = sub[sub.dataset == ds]
         sampling = [c for c in group_columns(d) if c not in model_columns() and c != "steps"]
@@ -211,20 +222,30 @@ def _lines_vs_nfe(cells: pd.DataFrame, metric: str, out: Path, name: str, ylabel
     return written
 
 
-def _curvature_bars(models: pd.DataFrame, out: Path) -> list[Path]:
-    if "curvature" not in models or models["curvature"].isna().all():
+def _model_labels(m: pd.DataFrame) -> list[str]:
+    """Bar labels for the model configurations of one dataset: the pairing plus every training setting that
+    varies between them (pool, ranks, global pools, ...)."""
+    varying = [c for c in model_by(m) if c not in ("dataset", "pairing") and m[c].astype(str).nunique() > 1]
+    return ["\n".join([str(r.pairing) + (" (cond.)" if r.get("conditional") is True else ""),
+                       *(f"{c}={r[c]}" for c in varying)]) for _, r in m.iterrows()]
+
+
+def _model_bars(models: pd.DataFrame, out: Path, metric: str, ylabel: str, name: str) -> list[Path]:
+    """One bar per model configuration (mean over seeds, sd as error bar), one panel per dataset."""
+    if metric not in models or models[metric].isna().all():
         return []
     plt = _plt()
     sets = list(models["dataset"].unique())
-    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.2), squeeze=False)
+    widths = [max(4.0, 0.55 * (models.dataset == ds).sum()) for ds in sets]
+    fig, axes = plt.subplots(1, len(sets), figsize=(sum(widths), 3.6), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
     for ax, ds in zip(axes[0], sets):
         m = models[models.dataset == ds]
-        labels = [p + (" (cond.)" if c else "") for p, c in zip(m.pairing, m.conditional)]
-        ax.bar(labels, m["curvature"], yerr=m["curvature_sd"], capsize=3, color="tab:blue", alpha=0.8)
+        ax.bar(range(len(m)), m[metric], yerr=m[f"{metric}_sd"], capsize=3, color="tab:blue", alpha=0.8)
+        ax.set_xticks(range(len(m)), _model_labels(m), rotation=60, ha="right", fontsize=7)
         ax.set_title(ds, fontsize=10)
-        ax.set_ylabel("curvature (0 = straight)")
-        ax.tick_params(axis="x", rotation=30, labelsize=8)
-    path = out / "curvature.png"
+        ax.set_ylabel(ylabel)
+    path = out / name
     _save(fig, path)
     return [path]
 
@@ -370,7 +391,9 @@ def report(folder: Path, out: Path | None = None) -> dict:
     figures = (_lines_vs_nfe(tables["cells"], "fd", out, "fd_vs_nfe", "FD")
                + _lines_vs_nfe(tables["cells"], "fid", out, "fid_vs_nfe", "FID")
                + _lines_vs_nfe(tables["cells"], "trunc_err", out, "trunc_err_vs_nfe", "truncation error")
-               + _curvature_bars(tables["models"], out)
+               + _model_bars(tables["models"], out, "curvature", "curvature (0 = straight)", "curvature.png")
+               + _model_bars(tables["models"], out, "pair_cost_ratio", "pair cost ratio (1 = independent)",
+                             "pair_cost.png")
                + _trajectories(df, records, folder, out)
                + _tangent_strips(df, records, folder, out)
                + _sample_grids(df, records, folder, out))

@@ -44,11 +44,12 @@ def group_by_model(cells: list[CellConfig]) -> dict[str, list[CellConfig]]:
 
 
 def evaluate_cell(registry: Registry, cell: CellConfig, model, ws: Workspace, memo: dict, opts: RunOptions,
-                  metrics: tuple | None = None):
-    """Compute ``metrics`` (default: all of the cell's) on one cell; returns (metrics, timings, artifacts, warnings)."""
+                  metrics: tuple | None = None, checkpoint: dict | None = None):
+    """Compute ``metrics`` (default: all of the cell's) on one cell; returns (metrics, timings, artifacts, warnings).
+    ``checkpoint``: the model's training checkpoint, for metrics of its training (coupling diagnostics)."""
     splits = load_splits(registry, cell.train.dataset)
     ctx = EvalContext(registry, cell, splits, model, device=opts.device, cache_dir=ws.cache, memo=memo,
-                      batch=opts.eval_batch, progress=opts.progress)
+                      batch=opts.eval_batch, progress=opts.progress, checkpoint=checkpoint)
     t0 = time.perf_counter()
     values: dict = {}
     for m in cell.metrics if metrics is None else metrics:
@@ -92,7 +93,8 @@ def run_model(registry: Registry, cells: list[CellConfig], ws: Workspace, experi
         memo: dict = {}
         env = environment(opts.device)
         for cell, metrics in pending:
-            values, timings, artifacts, warnings = evaluate_cell(registry, cell, model, ws, memo, opts, metrics)
+            values, timings, artifacts, warnings = evaluate_cell(registry, cell, model, ws, memo, opts, metrics,
+                                                                 ckpt)
             for w in warnings:
                 log(f"warning: {w}")
             timings.update({k: float(v) for k, v in ckpt["timing"].items()})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import signal
@@ -35,7 +36,8 @@ from .data import Splits
 from .datasets import check_bound, load_splits
 from .errors import UserError
 from .plugins import Registry
-from .pool import Pool, PoolSource, iter_pools
+from .pool import (KS_SAMPLES, Pool, PoolSource, RankPools, add_stats, coupling_summary, is_stateful,
+                   iter_pools)
 from .progress import bar
 from .seeds import derive, generator
 from .storage import atomic_torch_save, load_checkpoint
@@ -128,7 +130,11 @@ class TrainState:
     - ``timing``: seconds, keyed by :data:`TIMINGS`: wall time inside the training loop across resumes, time
       inside the pairing (wherever it ran), time the trainer waited for a paired pool;
     - ``history``: ``(step, loss)`` pairs, the loss being EDM's per-sample loss averaged over the global batch and
-      over the steps since the previous pair (or since the run was resumed: the window is not kept).
+      over the steps since the previous pair (or since the run was resumed: the window is not kept);
+    - ``coupling``: per rank, the summed coupling statistics of every pool it trained on so far
+      (:func:`aotbench.pool.add_stats`), None before the first (:func:`coupling_diagnostics` sums the ranks);
+    - ``pairing_state``: a stateful pairing's state per rank, as it must be to pair the pool that holds ``step``
+      (None for stateless pairings).
     """
 
     cfg: TrainConfig
@@ -138,6 +144,8 @@ class TrainState:
     step: int = 0
     timing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
     history: list[tuple[int, float]] = field(default_factory=list)
+    coupling: dict[int, dict] | None = None
+    pairing_state: dict[int, dict] | None = None
 
     @classmethod
     def fresh(cls, cfg: TrainConfig, model: edm.Precond) -> TrainState:
@@ -154,6 +162,7 @@ class TrainState:
         self.ema.load_state_dict(ckpt["ema"])
         self.opt.load_state_dict(ckpt["opt"])
         self.step, self.timing, self.history = ckpt["step"], dict(ckpt["timing"]), [tuple(h) for h in ckpt["history"]]
+        self.coupling, self.pairing_state = ckpt.get("coupling"), ckpt.get("pairing_state")
 
     def save(self, path: Path) -> None:
         """Write the checkpoint to ``path`` atomically, sealed with its sha256 (:func:`aotbench.storage.
@@ -161,12 +170,16 @@ class TrainState:
 
         Format ``aotbench-model-v1``, a dict read back with ``weights_only=True``: ``format``, ``train_key``,
         ``config`` (``TrainConfig.to_dict()``), ``step``, ``done`` (``step >= cfg.train_steps``), the state dicts
-        ``net``, ``ema`` and ``opt``, ``timing`` and ``history`` (pairs as lists).
+        ``net``, ``ema`` and ``opt``, ``timing``, ``history`` (pairs as lists), ``coupling`` (summed pool
+        statistics, or None) and, for a stateful pairing, ``pairing_state`` (rank -> state dict of tensors).
+        Checkpoints written before ``coupling`` existed lack it (:func:`coupling_diagnostics` replays it).
         """
+        extra = {} if self.pairing_state is None else {"pairing_state": self.pairing_state}
         atomic_torch_save(path, {
             "format": CKPT_FORMAT, "train_key": self.cfg.key, "config": self.cfg.to_dict(), "step": self.step,
             "done": self.step >= self.cfg.train_steps, "net": self.model.state_dict(), "ema": self.ema.state_dict(),
-            "opt": self.opt.state_dict(), "timing": dict(self.timing), "history": [list(h) for h in self.history]})
+            "opt": self.opt.state_dict(), "timing": dict(self.timing), "history": [list(h) for h in self.history],
+            "coupling": self.coupling, **extra})
 
     def update_ema(self) -> None:
         """EDM's EMA (``training_loop.py``, "Update EMA"): every parameter ``ema <- beta ema + (1 - beta) model``,
@@ -216,54 +229,95 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def _pool_streams(registry: Registry, cfg: TrainConfig, splits: Splits, ranks: list[int], step: int,
-                  device: torch.device, opts: TrainOptions) -> dict[int, Iterator[Pool]]:
-    """Each rank's paired pools (AOT: one assignment per pool of ``cfg.pool`` samples, per rank as in the paper),
-    from the pool that holds ``step`` to the last one, paired ahead by background workers when there are any.
+def resolve_workers(opts: TrainOptions, device: torch.device) -> int:
+    """The number of background pairing processes: ``opts.pair_workers``, or auto (see :class:`TrainOptions`)."""
+    if opts.pair_workers is not None:
+        return opts.pair_workers
+    return 1 if device.type == "cuda" or (os.cpu_count() or 1) > torch.get_num_threads() else 0
 
-    Raises :class:`UserError` for a pairing that cannot be pickled to a worker (:func:`aotbench.pool.iter_pools`).
+
+def _pairings(registry: Registry, cfg: TrainConfig, n_items: int, ranks: list[int],
+              states: dict[int, dict] | None) -> dict[int, object]:
+    """One pairing instance per rank (a stateful one keeps each rank's own state): a stateful pairing is started
+    with the number of training items and a seed derived from (seed, rank), then given its checkpointed state.
+
+    Raises UserError (one line) for a stateful pairing over global pools, and for a state it refuses (ValueError:
+    e.g. written for a dataset of another size)."""
+    comp = registry.get("pairing", cfg.pairing.name)
+    out = {r: comp.build(**cfg.pairing.kwargs) for r in ranks}
+    if not is_stateful(out[ranks[0]]):
+        return out
+    if cfg.global_pool:
+        raise UserError(f"pairing '{cfg.pairing.name}' keeps per-item state on each rank; it cannot pair global "
+                        f"pools (set global_pool false)")
+    for r, pairing in out.items():
+        pairing.start(n_items, derive("pairing", cfg.seed, r))
+        if states is not None:
+            try:
+                pairing.load_state_dict(states[r])
+            except (ValueError, KeyError) as err:
+                raise UserError(f"pairing '{cfg.pairing.name}' cannot resume from its checkpointed state: "
+                                f"{err}") from None
+    return out
+
+
+def _pool_stream(registry: Registry, cfg: TrainConfig, splits: Splits, ranks: list[int], step: int,
+                 pairing_state: dict | None, device: torch.device, opts: TrainOptions) -> Iterator[dict[int, Pool]]:
+    """The paired pools of ``ranks`` (AOT: one assignment per pool of ``cfg.pool`` samples, per rank as in the
+    paper, or over all ranks' pools together with ``cfg.global_pool``), from the pool that holds ``step`` to
+    the last one, paired ahead by background workers when there are any. A stateful pairing starts from
+    ``pairing_state`` (rank -> state; None: fresh).
+
+    Raises :class:`UserError` for a pairing that cannot be pickled to a worker, a stateful pairing with more than
+    one worker or over global pools (:func:`aotbench.pool.iter_pools`, :func:`_pairings`).
     """
-    pairing = registry.get("pairing", cfg.pairing.name).build(**cfg.pairing.kwargs)
+    all_ranks = list(range(cfg.ranks)) if cfg.global_pool else ranks
+    pairings = _pairings(registry, cfg, splits.train.shape[0], all_ranks, pairing_state)
     augment = None
     if cfg.augment_p > 0:
         from .augment import AugmentPipe
         augment = AugmentPipe(p=cfg.augment_p)
     labels = splits.train_labels if cfg.conditional else None
-    workers = opts.pair_workers
-    if workers is None:
-        workers = 1 if device.type == "cuda" or (os.cpu_count() or 1) > torch.get_num_threads() else 0
+    workers = resolve_workers(opts, device)
     # A forked worker must not start an OpenMP pool its parent already started (libgomp hangs), nor touch CUDA:
     # more than one pairing thread, or a CUDA trainer, gets a spawned worker instead.
     context = "spawn" if opts.pair_threads > 1 or device.type == "cuda" else None
     first, last = step // cfg.steps_per_pool, math.ceil(cfg.train_steps / cfg.steps_per_pool)
-    sources = {r: PoolSource(splits.train, labels, cfg.pool, cfg.seed, r, pairing, cfg.pairing.name, augment)
-               for r in ranks}
-    return {r: iter_pools(sources[r], first, last, workers, opts.pair_threads, context) for r in ranks}
+    ks_rows = math.ceil(KS_SAMPLES / (last * cfg.ranks))
+    sources = {r: PoolSource(splits.train, labels, cfg.pool, cfg.seed, r, pairings[r], cfg.pairing.name, augment,
+                             ks_rows) for r in all_ranks}
+    return iter_pools(RankPools(sources, ranks, cfg.global_pool), first, last, workers, opts.pair_threads, context)
 
 
-@contextlib.contextmanager
-def _closing(streams: dict[int, Iterator[Pool]]) -> Iterator[None]:
-    """Close every pool stream on the way out, in rank order (which stops its pairing workers)."""
-    try:
-        yield
-    finally:
-        for s in streams.values():
-            s.close()
-
-
-def _next_pools(streams: dict[int, Iterator[Pool]], k: int, cfg: TrainConfig,
+def _next_pools(stream: Iterator[dict[int, Pool]], k: int, cfg: TrainConfig,
                 timing: dict[str, float]) -> tuple[dict[int, Pool], dict[int, torch.Tensor]]:
     """Pool ``k`` of every rank, and its training noise levels ([cfg.pool] sigmas, EDM's log-normal, drawn after
     pairing from a generator seeded by (seed, rank, k)); adds the pairing and waiting time to ``timing``."""
     t_wait = time.perf_counter()
-    pools, sigmas = {}, {}
-    for r, stream in streams.items():
-        pools[r] = next(stream)
-        assert pools[r].k == k
+    pools = next(stream)
+    sigmas = {}
+    for r, pool in pools.items():
+        assert pool.k == k
         sigmas[r] = edm.sample_sigma(cfg.pool, generator("sigma", cfg.seed, r, k))
-        timing["pair_seconds"] += pools[r].pair_seconds
+        timing["pair_seconds"] += pool.pair_seconds
     timing["pair_wait_seconds"] += time.perf_counter() - t_wait
     return pools, sigmas
+
+
+def _take_pools(state: TrainState, pools: dict[int, Pool]) -> None:
+    """A pool's first step: add its coupling statistics to the model's (a run resumed mid-pool has them already)."""
+    state.coupling = dict(state.coupling or {})
+    for r, pool in pools.items():
+        state.coupling[r] = add_stats(state.coupling.get(r), pool.stats)
+
+
+def _pairing_state(state: TrainState, pools: dict[int, Pool]) -> dict[int, dict] | None:
+    """What a checkpoint at ``state.step`` must hold of a stateful pairing: the state that pairs the pool a resumed
+    run starts with (this pool again mid-pool, the next one at a pool boundary). None for stateless pairings."""
+    if not pools or next(iter(pools.values())).state_before is None:
+        return state.pairing_state
+    boundary = state.step % state.cfg.steps_per_pool == 0
+    return {r: p.state_after if boundary else p.state_before for r, p in pools.items()}
 
 
 def _drop_labels(labels: torch.Tensor | None, p: float, num_classes: int) -> torch.Tensor | None:
@@ -350,9 +404,17 @@ def _check_finite(step_loss: float, state: TrainState, path: Path) -> None:
 
 
 def _save(state: TrainState, path: Path, leader: bool, distributed: bool) -> None:
-    """The leader (rank 0) writes the checkpoint; under DDP every rank then waits for it."""
+    """The leader (rank 0) writes the checkpoint; under DDP every rank then waits for it. Under DDP the per-rank
+    coupling statistics and stateful-pairing states are gathered from every rank into the leader's checkpoint
+    (each rank keeps training on its own)."""
+    out = state
+    if distributed:
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, (state.pairing_state, state.coupling))
+        merged = [{r: v for d in part for r, v in (d or {}).items()} or None for part in zip(*gathered)]
+        out = dataclasses.replace(state, pairing_state=merged[0], coupling=merged[1])
     if leader:
-        state.save(path)
+        out.save(path)
     if distributed:
         torch.distributed.barrier()
 
@@ -400,7 +462,7 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
             state.model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # Start the pools, from the one this step is in, and the loss scaler (active for fp16 only).
-    streams = _pool_streams(registry, cfg, splits, my_ranks, state.step, device, opts)
+    stream = _pool_stream(registry, cfg, splits, my_ranks, state.step, state.pairing_state, device, opts)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     # Train.
@@ -408,15 +470,18 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
     pools, sigmas = {}, {}
     running, n_running = 0.0, 0
     t_start = time.perf_counter()
-    with (_closing(streams), _StopFlag(opts.handle_signals, opts.stop_signals) as stop,
+    with (contextlib.closing(stream), _StopFlag(opts.handle_signals, opts.stop_signals) as stop,
           bar(total=cfg.train_steps, initial=state.step, desc=f"train {cfg.pairing.name}", disable=not opts.progress,
               unit="step") as pb):
         while state.step < cfg.train_steps:
 
-            # Fetch the next pool: at its first step, and at the first step after resuming mid-pool.
+            # Fetch the next pool: at its first step (adding its coupling statistics), and at the first step after
+            # resuming mid-pool.
             k, j = divmod(state.step, cfg.steps_per_pool)
             if j == 0 or not pools:
-                pools, sigmas = _next_pools(streams, k, cfg, state.timing)
+                pools, sigmas = _next_pools(stream, k, cfg, state.timing)
+                if j == 0:
+                    _take_pools(state, pools)
 
             # Accumulate gradients.
             state.opt.zero_grad(set_to_none=True)
@@ -448,6 +513,7 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
             # the next step), so all ranks checkpoint and stop together.
             signum = agreed_signal if distributed else stop.signum
             if signum is not None or state.step % opts.ckpt_every == 0 or state.step == cfg.train_steps:
+                state.pairing_state = _pairing_state(state, pools)
                 state.timing["train_seconds"] += time.perf_counter() - t_start
                 t_start = time.perf_counter()
                 _save(state, path, leader, distributed)
@@ -471,3 +537,24 @@ def load_ema(registry: Registry, cfg: TrainConfig, ckpt: dict, device="cpu") -> 
     model = build_model(registry, cfg, splits)
     model.load_state_dict(ckpt["ema"])
     return model.to(device).eval().requires_grad_(False)
+
+
+def coupling_diagnostics(registry: Registry, cfg: TrainConfig, ckpt: dict) -> dict[str, float]:
+    """The coupling diagnostics of a finished model (:func:`aotbench.pool.coupling_summary`): from the statistics
+    its checkpoint summed during training, or, for a checkpoint written before they were kept, by replaying its
+    pairing over the same pools in line (pools are a pure function of their coordinates, and a stateful pairing's
+    state of the pools before them, so the replay sums exactly what training would have)."""
+    per_rank = ckpt.get("coupling")
+    if per_rank is None:
+        splits = load_splits(registry, cfg.dataset)
+        per_rank = {}
+        ranks = list(range(cfg.ranks))
+        with contextlib.closing(_pool_stream(registry, cfg, splits, ranks, 0, None, torch.device("cpu"),
+                                             TrainOptions(pair_workers=0))) as stream:
+            for pools in stream:
+                for r, pool in pools.items():
+                    per_rank[r] = add_stats(per_rank.get(r), pool.stats)
+    total = None
+    for r in sorted(per_rank):
+        total = add_stats(total, per_rank[r])
+    return coupling_summary(total)

@@ -48,8 +48,10 @@ def test_the_training_state_round_trips_through_its_checkpoint(registry, tmp_pat
     state.load(read_model_checkpoint(tmp_path / "m.pt", cfg))
     state.save(tmp_path / "again.pt")
     again = read_model_checkpoint(tmp_path / "again.pt", cfg)
-    assert list(again) == ["format", "train_key", "config", "step", "done", "net", "ema", "opt", "timing", "history"]
+    assert list(again) == ["format", "train_key", "config", "step", "done", "net", "ema", "opt", "timing", "history",
+                           "coupling"]
     assert again["step"] == 20 and again["done"] and again["timing"] == ckpt["timing"]
+    assert again["coupling"][0]["paired"] == ckpt["coupling"][0]["paired"] > 0
     assert again["history"] == ckpt["history"] and [s for s, _ in again["history"]] == [5, 10, 15, 20]
     assert state_equal(again["net"], ckpt["net"]) and state_equal(again["ema"], ckpt["ema"])
     assert again["opt"]["param_groups"] == ckpt["opt"]["param_groups"]
