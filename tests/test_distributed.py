@@ -17,7 +17,7 @@ import torch
 from aotbench.plugins import Component
 from aotbench.pool import PoolSource
 from aotbench.datasets import load_splits
-from aotbench.train import Interrupted, TrainOptions, train_model
+from aotbench.train import Interrupted, TrainOptions, coupling_diagnostics, train_model
 from conftest import REPO, tiny_train, with_components
 
 SMALL = dict(network="mlp:width=32:depth=1", train_steps=60, batch=64, pool=64, ranks=2)  # per-rank batch 32, 2 per pool
@@ -48,9 +48,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, port: int, out: str, interrupt_at: int | None = None) -> None:
+def _ddp_worker(rank: int, port: int, out: str, interrupt_at: int | None = None, extra: dict | None = None) -> None:
     """One DDP rank (spawned): join the gloo group as torchrun would, train, save the pools it paired. With
-    ``interrupt_at``, rank 1 alone receives SIGUSR2 after that step."""
+    ``interrupt_at``, rank 1 alone receives SIGUSR2 after that step; ``extra`` overrides the config."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -59,7 +59,7 @@ def _ddp_worker(rank: int, port: int, out: str, interrupt_at: int | None = None)
     world = distributed.init("cpu", timeout_s=60)  # ranks out of step fail in a minute instead of hanging
     assert world.distributed and world.backend == "gloo" and world.rank == rank
     registry = _registry()
-    cfg = tiny_train(registry, pairing="recording-aot", **SMALL)
+    cfg = tiny_train(registry, **{"pairing": "recording-aot", **SMALL, **(extra or {})})
     def on_step(step, loss):
         if rank == 1 and step == interrupt_at:
             os.kill(os.getpid(), signal.SIGUSR2)
@@ -88,10 +88,10 @@ def _close(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
 
 
-def _spawn(out: Path, interrupt_at: int | None = None) -> None:
+def _spawn(out: Path, interrupt_at: int | None = None, extra: dict | None = None) -> None:
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(_free_port(), str(out), interrupt_at), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(_free_port(), str(out), interrupt_at, extra), nprocs=2, join=True)
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,23 @@ def test_a_signal_on_one_rank_stops_all_ranks_at_one_step_and_resuming_is_exact(
     straight = torch.load(ddp_run / "ddp.pt", weights_only=True)
     assert resumed["done"] and all(torch.equal(resumed[p][k], straight[p][k]) for p in ("net", "ema")
                                    for k in straight[p])
+
+
+@pytest.mark.parametrize("extra", [{"pairing": "aot", "global_pool": True}, {"pairing": "loom"}],
+                         ids=["global-pool", "loom"])
+def test_ddp_global_pools_and_stateful_pairings_match_the_simulation(extra, tmp_path, one_thread):
+    """Under DDP each rank draws every rank's pool and takes its part of one assignment, and a stateful pairing's
+    per-rank states and the coupling statistics are gathered into the checkpoint: the same as the simulation."""
+    _spawn(tmp_path, extra=extra)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    registry = _registry()
+    cfg = tiny_train(registry, **{**SMALL, **extra})
+    sim = train_model(registry, cfg, tmp_path / "sim.pt", TrainOptions(progress=False, pair_workers=0))
+    assert _close(ddp["net"], sim["net"]) and _close(ddp["ema"], sim["ema"])
+    assert coupling_diagnostics(registry, cfg, ddp) == coupling_diagnostics(registry, cfg, sim)
+    if "pairing_state" in sim:
+        assert sorted(ddp["pairing_state"]) == [0, 1]
+        assert all(torch.equal(ddp["pairing_state"][r]["seeds"], sim["pairing_state"][r]["seeds"]) for r in (0, 1))
 
 
 def test_torchrun_train_command_is_ddp_and_matches_the_simulation(registry, tmp_path, one_thread):
