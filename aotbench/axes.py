@@ -50,6 +50,8 @@ AXES_TABLE: tuple[Axis, ...] = (
     Axis("train_steps", "train", int, "training duration, optimizer steps"),
     Axis("train_mimg", "grid", float, "training duration in millions of images, EDM's unit (instead of "
                                       "--train-steps)"),
+    Axis("snapshots", "grid", int, "evaluate N evenly spaced snapshots of each training run, the last one included "
+                                   "(cells at train_steps T i / N; each run is trained once)"),
     Axis("batch", "train", int, "global batch, samples per optimizer step over all ranks"),
     Axis("pool", "train", int, "AOT pool per rank, samples (a multiple of the per-rank batch)"),
     Axis("ranks", "train", int, "data-parallel ranks, each pairing its own pool (simulated in one process)"),

@@ -194,7 +194,13 @@ def cmd_report(args) -> int:
     if folder.is_dir():  # else report says it is missing, and nothing is created
         check_writable(Path(args.out) if args.out else folder,
                        hint="make it writable, free space, or choose another folder with --out")
-    done = report(folder, Path(args.out) if args.out else None)
+    nfe = None
+    if args.nfe:
+        try:
+            nfe = [float(v) for v in args.nfe.split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"--nfe takes numbers separated by commas, got {args.nfe!r}") from None
+    done = report(folder, Path(args.out) if args.out else None, nfe, args.fd_target)
     out = done["out"]
     print(f"{done['records']} record(s) -> {out}/table.md, table.csv, models.csv, table.tex")
     for f in done["figures"]:
@@ -301,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables (markdown, CSV, LaTeX) and figures from a folder of records")
     p.add_argument("folder", help="an experiment folder, e.g. results/paper-cpu")
     p.add_argument("--out", default=None, help="where to write (default: the folder itself)")
+    p.add_argument("--nfe", default=None, help="training-efficiency curves: the NFE values to draw FD against "
+                                               "training images at, e.g. 7,35 (default: the smallest and largest)")
+    p.add_argument("--fd-target", type=float, default=None,
+                   help="training efficiency: count the training images each pairing needs to reach this FD "
+                        "(default: the baseline's final FD)")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("bench", help="time pairings side by side, or training throughput per pairing")

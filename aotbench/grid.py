@@ -17,6 +17,7 @@ from .config import CellConfig, TrainConfig, resolve
 from .datasets import load_splits
 from .errors import UserError
 from .plugins import Registry
+from .snapshots import snapshot_config, snapshot_steps
 
 #: grid axis -> (TrainConfig/CellConfig field, type), from the one table of axes (:mod:`aotbench.axes`)
 TRAIN_AXES = {name: (name, a.type) for name, a in axes("train").items()}
@@ -120,6 +121,9 @@ def expand(registry: Registry, spec: dict[str, Any], *, fingerprints: dict[str, 
         train_axes = {a: [typed_value(a, t, v) for v in local[a]] for a, (_, t) in TRAIN_AXES.items() if a in local}
         cell_axes = {a: [typed_value(a, t, v) for v in local[a]] for a, (_, t) in CELL_AXES.items() if a in local}
         seeds = [typed_value("seeds", int, s) for s in local["seeds"]]
+        n_snapshots = [typed_value("snapshots", int, v) for v in local.get("snapshots", [1])]
+        if any(n < 1 for n in n_snapshots):
+            raise UserError(f"snapshots must be >= 1, got {min(n_snapshots)}")
         t_names, t_values = list(train_axes), list(train_axes.values())
         c_names, c_values = list(cell_axes), list(cell_axes.values())
         for network, pairing, seed, mimg, *tv in itertools.product(choice_lists["network"], choice_lists["pairing"],
@@ -129,8 +133,10 @@ def expand(registry: Registry, spec: dict[str, Any], *, fingerprints: dict[str, 
                                 data_fingerprint=fingerprint, **tkw)
             if mimg is not None:  # a model is identified by its step count: 200 Mimg and 781,250 steps are one
                 train = dataclasses.replace(train, train_steps=steps_for_mimg(mimg, train.batch))
-            for sampler, guidance, schedule, *cv in itertools.product(
-                    choice_lists["sampler"], choice_lists["guidance"], choice_lists["schedule"], *c_values):
+            trains = [snapshot_config(train, s) for n in n_snapshots for s in snapshot_steps(train.train_steps, n)]
+            for train, sampler, guidance, schedule, *cv in itertools.product(
+                    list(dict.fromkeys(trains)), choice_lists["sampler"], choice_lists["guidance"],
+                    choice_lists["schedule"], *c_values):
                 ckw = {CELL_AXES[a][0]: v for a, v in zip(c_names, cv)}
                 if not getattr(registry.get("schedule", schedule.name).obj, "uses_rho", False):
                     ckw["rho"] = CELL_RHO  # a rho this schedule ignores must not split identical cells

@@ -89,7 +89,7 @@ def write_record(path: Path, experiment: str, cell: CellConfig, metrics: dict, t
     label values in the order of the model's classes 0..K-1 (the engine's label mapping)."""
     old = old or {}
     record = {"experiment": experiment, "cell_key": cell.key, "train_key": cell.train.key,
-              "config": cell.to_dict(), "metrics": {**old.get("metrics", {}), **metrics},
+              "train_img": cell.train.train_steps * cell.train.batch, "config": cell.to_dict(), "metrics": {**old.get("metrics", {}), **metrics},
               "metric_params": {**old.get("metric_params", {}), **{m.name: m.kwargs for m in computed}},
               "timings": {**old.get("timings", {}), **timings},
               "warnings": sorted({*old.get("warnings", []), *warnings}), "environment": env,

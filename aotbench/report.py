@@ -376,8 +376,113 @@ def _sample_grids(df, records, folder, out) -> list[Path]:
     return written
 
 
-def report(folder: Path, out: Path | None = None) -> dict:
-    """Write tables and figures for the records under ``folder``; returns what was written."""
+def _efficiency_frame(cells: pd.DataFrame, metric: str, nfes: list[float] | None) -> pd.DataFrame:
+    """The cell table's rows of datasets whose models vary in training length, at the chosen NFE values (default:
+    the smallest and the largest there are), with ``train_img`` and a line label without the training length."""
+    if metric not in cells or "train_steps" not in cells:
+        return cells.iloc[0:0]
+    parts = []
+    for ds in cells["dataset"].unique():
+        d = cells[(cells.dataset == ds) & cells[metric].notna()]
+        if d["train_steps"].nunique() < 2:
+            continue
+        wanted = nfes or sorted({d["nfe"].min(), d["nfe"].max()})
+        d = d[d["nfe"].round(6).isin([round(float(x), 6) for x in wanted])]
+        parts.append(d)
+    if not parts:
+        return cells.iloc[0:0]
+    d = pd.concat(parts)
+    d = d.assign(train_img=d["train_steps"] * d["batch"])
+    extra = _varying(d, [c for c in model_columns() if c not in ("dataset", "pairing", "conditional", "train_steps")])
+    label = d["pairing"].astype(str)
+    for c in extra:
+        label = label + f" {c}=" + d[c].astype(str)
+    return d.assign(_series=label)
+
+
+def _panels(d: pd.DataFrame) -> tuple[list[str], list[dict]]:
+    """The sampling settings that make one panel of a training-efficiency figure (NFE included)."""
+    sampling = [c for c in group_columns(d) if c not in model_columns() and c != "steps"]
+    cols = ["sampler", "rho", "guidance", "conditional", "nfe"] + [
+        c for c in _varying(d, sampling) if c not in ("sampler", "rho", "guidance", "nfe")]
+    cols = [c for c in dict.fromkeys(cols) if c in d.columns]
+    return cols, d[cols].drop_duplicates().to_dict("records")
+
+
+def _select(d: pd.DataFrame, key: dict) -> pd.DataFrame:
+    return d[np.logical_and.reduce([(d[c].astype(str) == str(v)).values for c, v in key.items()])]
+
+
+def _lines_vs_train_img(eff: pd.DataFrame, metric: str, out: Path, ylabel: str) -> list[Path]:
+    """FD against training images seen, one line per pairing (seed bands), one panel per sampling setting and NFE:
+    the training-efficiency curves of snapshots (``--snapshots``) or of a ``train_steps`` axis."""
+    if not len(eff):
+        return []
+    plt = _plt()
+    written = []
+    names = list(dict.fromkeys(eff["_series"]))
+    palette = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    colours = {p: palette(i % palette.N) for i, p in enumerate(names)}
+    for ds in eff["dataset"].unique():
+        d = eff[eff.dataset == ds]
+        _, panels = _panels(d)
+        cols = min(4, len(panels))
+        rows = -(-len(panels) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        for ax, key in zip(axes.flat, panels):
+            p = _select(d, key)
+            for series, g in p.groupby("_series", sort=False):
+                g = g.sort_values("train_img")
+                ax.plot(g["train_img"], g[metric], marker="o", ms=3, label=series, color=colours[series])
+                ax.fill_between(g["train_img"], g[metric] - g[f"{metric}_sd"], g[metric] + g[f"{metric}_sd"],
+                                alpha=0.2, color=colours[series])
+            ax.set_yscale("log")
+            title = dict(key)
+            nfe = title.pop("nfe")
+            ax.set_title(f"{_panel_title(title)}, NFE {nfe:g}", fontsize=9)
+            ax.set_xlabel("training images")
+            ax.grid(alpha=0.3, which="both")
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
+        for row in axes:
+            row[0].set_ylabel(ylabel)
+        axes.flat[0].legend(fontsize=7)
+        path = out / f"{metric}_vs_train_img_{ds}.png"
+        _save(fig, path)
+        written.append(path)
+    return written
+
+
+def images_to_reach(eff: pd.DataFrame, metric: str, target: float | None, order: dict[str, int]) -> pd.DataFrame:
+    """Per dataset, sampling setting, NFE and line: the fewest training images whose mean ``metric`` over seeds is
+    at most the target, or "not reached". The target is ``target``, else the final value (most images) of the
+    first line in ``order`` (the cheapest pairing, normally the independent baseline) in that panel: "how many
+    images does each coupling need to match the baseline's end result". No interpolation between snapshots."""
+    rows = []
+    for ds in eff["dataset"].unique():
+        d = eff[eff.dataset == ds]
+        cols, panels = _panels(d)
+        for key in panels:
+            p = _select(d, key)
+            lines = sorted(p["_series"].unique(), key=lambda s: (order.get(s.split(" ")[0], 99), s))
+            base = p[p["_series"] == lines[0]].sort_values("train_img")
+            x = target if target is not None else float(base[metric].iloc[-1])
+            for series in lines:
+                g = p[p["_series"] == series].sort_values("train_img")
+                hit = g[g[metric] <= x]
+                rows.append({"dataset": ds, **key, "line": series, f"{metric}_target": x,
+                             "images": int(hit["train_img"].iloc[0]) if len(hit) else None,
+                             f"final_{metric}": float(g[metric].iloc[-1]), "max_images": int(g["train_img"].max())})
+    return pd.DataFrame(rows)
+
+
+def report(folder: Path, out: Path | None = None, nfe: list[float] | None = None,
+           fd_target: float | None = None) -> dict:
+    """Write tables and figures for the records under ``folder``; returns what was written.
+
+    Where models vary in training length (snapshots), also FD against training images at the NFE values ``nfe``
+    (default: the smallest and largest there are) and the table of training images needed to reach FD
+    ``fd_target`` (default: the baseline's final FD), appended to table.md and written to efficiency.csv."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"results folder not found: {folder}")
@@ -388,7 +493,20 @@ def report(folder: Path, out: Path | None = None) -> dict:
     df = records_frame(records_list, get_registry())
     records = {r["cell_key"]: r for r in records_list}
     tables = write_tables(df, out)
+    eff = _efficiency_frame(tables["cells"], "fd", nfe)
+    if len(eff):
+        reach = images_to_reach(eff, "fd", fd_target, pairing_order(df))
+        tables["efficiency"] = reach
+        atomic_write_text(out / "efficiency.csv", reach.to_csv(index=False))
+        shown = reach.assign(images=reach["images"].map(lambda v: "not reached" if pd.isna(v) else f"{int(v):,}"))
+        text = (out / "table.md").read_text()
+        atomic_write_text(out / "table.md", text + "\n".join([
+            "## Training efficiency: training images to reach an FD", "",
+            "The fewest training images (over the snapshots) whose mean FD over seeds is at most the target; the "
+            "target is the first line's final FD unless `--fd-target` is given.", "",
+            _drop_constant(shown, keep=("dataset", "line", "nfe", "images")).to_markdown(index=False), ""]))
     figures = (_lines_vs_nfe(tables["cells"], "fd", out, "fd_vs_nfe", "FD")
+               + _lines_vs_train_img(eff, "fd", out, "FD")
                + _lines_vs_nfe(tables["cells"], "fid", out, "fid_vs_nfe", "FID")
                + _lines_vs_nfe(tables["cells"], "trunc_err", out, "trunc_err_vs_nfe", "truncation error")
                + _model_bars(tables["models"], out, "curvature", "curvature (0 = straight)", "curvature.png")

@@ -7,6 +7,7 @@ unfinished is resumed. So any launcher can run any subset of a grid, in any orde
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from .plugins import Registry
 from .records import Workspace, environment, write_record
 from .storage import read_json, write_verified_bytes
 from .datasets import load_splits
+from .snapshots import riders
 from .train import TrainOptions, load_ema, train_model
 
 
@@ -79,15 +81,17 @@ def _read_record(ws: Workspace, experiment: str, cell: CellConfig) -> dict | Non
 
 
 def run_model(registry: Registry, cells: list[CellConfig], ws: Workspace, experiment: str,
-              opts: RunOptions, log=print) -> list[dict]:
-    """Train/load the model shared by ``cells``, evaluate the metrics their records lack; returns their records."""
+              opts: RunOptions, log=print, snapshots: dict[int, str] | None = None) -> list[dict]:
+    """Train/load the model shared by ``cells``, evaluate the metrics their records lack; returns their records.
+    ``snapshots`` ({step: train key}): shorter models of the same run, whose checkpoints training writes on the way
+    (:mod:`aotbench.snapshots`)."""
     records = {c.key: _read_record(ws, experiment, c) for c in cells}
     pending = [(c, missing_metrics(c, records[c.key], opts.force)) for c in cells]
     pending = [(c, ms) for c, ms in pending if ms]
     if pending:
         cfg = pending[0][0].train
-        train_opts = opts.train
-        train_opts.device, train_opts.progress = opts.device, opts.progress
+        train_opts = dataclasses.replace(opts.train, device=opts.device, progress=opts.progress,
+                                         snapshots={s: ws.model_path(k) for s, k in (snapshots or {}).items()})
         ckpt = train_model(registry, cfg, ws.model_path(cfg.key), train_opts)
         model = load_ema(registry, cfg, ckpt, opts.device)
         memo: dict = {}
@@ -113,11 +117,19 @@ def run_cells(registry: Registry, cells: list[CellConfig], results: Path, experi
     ws = Workspace(Path(results))
     todo = sum(1 for c in cells if missing_metrics(c, _read_record(ws, experiment, c), opts.force))
     groups = group_by_model(cells)
+    # A model whose shorter snapshots are in the grid trains first and writes their checkpoints on the way (only
+    # a speed-up: a snapshot it did not write, e.g. one before the step it resumed from, trains on its own).
+    pending = [k for k, g in groups.items() if any(missing_metrics(c, _read_record(ws, experiment, c), opts.force)
+                                                    for c in g)]
+    rides = riders({k: g[0].train for k, g in groups.items()}, pending)
+    order = sorted(groups, key=lambda k: k not in rides)
     out: dict[str, dict] = {}
-    for i, (key, group) in enumerate(groups.items()):
+    for i, key in enumerate(order):
+        group = groups[key]
         if opts.progress and len(groups) > 1:
             t = group[0].train
-            log(f"[model {i + 1}/{len(groups)}] {t.dataset.name} pairing={t.pairing.label()} seed={t.seed} ({key})")
-        for rec in run_model(registry, group, ws, experiment, opts, log):
+            log(f"[model {i + 1}/{len(groups)}] {t.dataset.name} pairing={t.pairing.label()} seed={t.seed} "
+                f"train_steps={t.train_steps} ({key})")
+        for rec in run_model(registry, group, ws, experiment, opts, log, rides.get(key)):
             out[rec["cell_key"]] = rec
     return [out[c.key] for c in cells], todo

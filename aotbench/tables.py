@@ -90,7 +90,8 @@ def records_frame(records: list[dict], registry=None) -> pd.DataFrame:
         row = {col: t.get(name, default) for col, name, default in train_fields}
         row.update({col: c.get(name, default) for col, name, default in cell_fields})
         row.update({"cell_key": r["cell_key"], "train_key": r["train_key"],
-                    "device": r.get("environment", {}).get("device")})
+                    "device": r.get("environment", {}).get("device"),
+                    "train_img": row["train_steps"] * row["batch"]})
         for k, v in r.get("metrics", {}).items():
             row[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
         for k, v in r.get("timings", {}).items():
@@ -116,7 +117,7 @@ def _defaults_of(registry, kind: str):
     return defaults
 
 
-_BOOKKEEPING = {"cell_key", "train_key", "device", "experiment"}
+_BOOKKEEPING = {"cell_key", "train_key", "device", "experiment", "train_img"}
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:

@@ -40,6 +40,7 @@ from .pool import (KS_SAMPLES, Pool, PoolSource, RankPools, add_stats, coupling_
                    iter_pools)
 from .progress import bar
 from .seeds import derive, generator
+from .snapshots import snapshot_config
 from .storage import atomic_torch_save, load_checkpoint
 
 CKPT_FORMAT = "aotbench-model-v1"
@@ -81,6 +82,9 @@ class TrainOptions:
     #: with handle_signals: the signals that stop training after a checkpoint (None = SIGTERM and SIGUSR2). A
     #: submitit job passes only its preemption signal (USR2) and leaves SIGTERM to submitit, which ignores it.
     stop_signals: tuple | None = None
+    #: snapshots to write on the way: {step: checkpoint path} (:mod:`aotbench.snapshots`); at each such step the
+    #: state is saved, finished, as the model of the same config with ``train_steps = step`` (unless that exists)
+    snapshots: dict[int, Path] = field(default_factory=dict)
 
 
 def build_model(registry: Registry, cfg: TrainConfig, splits: Splits) -> edm.Precond:
@@ -512,8 +516,14 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
             # signal every rank agreed on in this step counts (one that arrives later on one rank is agreed on in
             # the next step), so all ranks checkpoint and stop together.
             signum = agreed_signal if distributed else stop.signum
-            if signum is not None or state.step % opts.ckpt_every == 0 or state.step == cfg.train_steps:
+            snap = opts.snapshots.get(state.step)
+            if snap is not None or signum is not None or state.step % opts.ckpt_every == 0 or \
+                    state.step == cfg.train_steps:
                 state.pairing_state = _pairing_state(state, pools)
+            if snap is not None and state.step < cfg.train_steps and not Path(snap).exists():
+                _save(dataclasses.replace(state, cfg=snapshot_config(cfg, state.step)), Path(snap), leader,
+                      distributed)
+            if signum is not None or state.step % opts.ckpt_every == 0 or state.step == cfg.train_steps:
                 state.timing["train_seconds"] += time.perf_counter() - t_start
                 t_start = time.perf_counter()
                 _save(state, path, leader, distributed)

@@ -104,9 +104,11 @@ class TrainJob(submitit.helpers.Checkpointable):
             world = distributed.init(options.get("device", "auto"), submitit_tasks=bool(options.get("ddp")))
             try:
                 device = world.device(options.get("device", "auto"))
-                path = Workspace(Path(payload["results"])).model_path(cfg.key)
+                ws = Workspace(Path(payload["results"]))
+                train_opts = _train_options(options, device, world)
+                train_opts.snapshots = {int(s): ws.model_path(k) for s, k in payload.get("snapshots", {}).items()}
                 try:
-                    ckpt = train_model(get_registry(), cfg, path, _train_options(options, device, world))
+                    ckpt = train_model(get_registry(), cfg, ws.model_path(cfg.key), train_opts)
                 except Interrupted as err:
                     _hand_over_to_submitit(err)
                 return {"train_key": cfg.key, "step": int(ckpt["step"]), "rank": world.rank,

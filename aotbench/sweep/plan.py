@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import UserError
 from .ledger import JobRecord
+from ..snapshots import riders
 from .spec import Resources, Spec
 from .states import is_active
 
@@ -163,19 +164,24 @@ def make_plan(spec: Spec, cells: list, *, launcher: str, done: set[str], jobs: l
     if spec.train.ddp and not ddp and any(models[k].ranks > 1 for k in to_train):
         notes.append(f"the {launcher} launcher runs one process per job: ranks are simulated in it, not DDP")
 
-    # Train arrays: one per DDP width (a task of width R is R processes)
+    # Train arrays: one per DDP width (a task of width R is R processes). A model whose shorter snapshots are to be
+    # trained writes their checkpoints on the way; they get no train job of their own.
     arrays: list[Array] = []
     train_opts = _options_for(spec, "train", force, use_ddp)
+    rides = riders(models, to_train)
+    carrier = {k: longest for longest, shorter in rides.items() for k in shorter.values()}
     by_width: dict[int, list[str]] = {}
-    for k in to_train:
+    for k in rides:
         by_width.setdefault(models[k].ranks if use_ddp else 1, []).append(k)
     for width, keys in sorted(by_width.items()):
         arrays.append(Array("train", None,
                             [{"train": models[k].to_dict(), "train_key": k, "results": str(spec.results),
-                              "options": train_opts} for k in keys],
+                              "options": train_opts, "snapshots": {str(s): r for s, r in rides[k].items()}}
+                             for k in keys],
                             [(k, []) for k in keys], tasks_per_node=width))
 
-    # Eval arrays: per model, its cells in chunks of cells_per_job, after its train job unless it is cached
+    # Eval arrays: per model, its cells in chunks of cells_per_job, after the train job that writes its checkpoint
+    # (its own, or its longest snapshot sibling's) unless it is cached
     eval_opts = _options_for(spec, "eval", force, False)
     n = spec.eval.cells_per_job
     for k in models:
@@ -186,7 +192,7 @@ def make_plan(spec: Spec, cells: list, *, launcher: str, done: set[str], jobs: l
                               "experiment": spec.experiment, "results": str(spec.results), "options": eval_opts}
                              for ch in chunks],
                             [(k, [c.key for c in ch]) for ch in chunks],
-                            after=None if k in cached else k))
+                            after=None if k in cached else carrier.get(k, k)))
     return Plan(spec, launcher, cells, [c for c in cells if c.key in done], in_flight, to_run, models, cached,
                 training, to_train, arrays, notes)
 
