@@ -72,7 +72,10 @@ def bench_pairing(registry: Registry, pools: list[int], dim: int, repeats: int =
 
 def bench_training(registry: Registry, spec: dict, pairings: list[str], steps: int, train_threads: int,
                    pair_threads: int, workers: int, progress=print) -> pd.DataFrame:
-    """Steps per second of the real engine per pairing (fresh model each, same data and seed)."""
+    """Steps per second of the real engine per pool size (``spec["pool"]``, an int or a list) and pairing (fresh
+    model each, same data and seed), and each pairing's throughput against the first pairing's (normally ``none``)
+    at the same pool: the share of training speed the pairing costs with ``workers`` background pairing processes
+    (several pair consecutive pools at once)."""
     from .config import TrainConfig, resolve
     from .datasets import bind_data
     from .train import TrainOptions, train_model
@@ -80,32 +83,34 @@ def bench_training(registry: Registry, spec: dict, pairings: list[str], steps: i
     dataset = resolve(registry, "dataset", spec["dataset"])
     dcls = registry.get("dataset", dataset.name).obj
     network = resolve(registry, "network", spec.get("network") or dcls.network)
+    pools = spec["pool"] if isinstance(spec["pool"], (list, tuple)) else [spec["pool"]]
     old_threads = torch.get_num_threads()
     torch.set_num_threads(train_threads)
     rows = []
     try:
-        for name in pairings:
-            cfg = bind_data(registry, TrainConfig(dataset=dataset, network=network,
-                                                  pairing=resolve(registry, "pairing", name), train_steps=steps,
-                                                  batch=spec["batch"], pool=spec["pool"], seed=0))
-            with tempfile.TemporaryDirectory() as tmp:
-                opts = TrainOptions(progress=False, pair_workers=workers, pair_threads=pair_threads,
-                                    ckpt_every=10**9)
-                t0 = time.perf_counter()
-                ckpt = train_model(registry, cfg, Path(tmp) / "m.pt", opts)
-                wall = time.perf_counter() - t0
-            t = ckpt["timing"]
-            rows.append({"pairing": name, "train_steps": steps, "batch": cfg.batch, "pool": cfg.pool,
-                         "steps_per_second": steps / t["train_seconds"], "train_seconds": t["train_seconds"],
-                         "pair_seconds": t["pair_seconds"], "pair_wait_seconds": t["pair_wait_seconds"],
-                         "wall_seconds": wall, "workers": workers, "train_threads": train_threads,
-                         "pair_threads": pair_threads})
-            progress(f"  {name:<10} {rows[-1]['steps_per_second']:.3f} steps/s  (pairing {t['pair_seconds']:.1f} s "
-                     f"in total, trainer waited {t['pair_wait_seconds']:.1f} s)")
+        for pool in pools:
+            for name in pairings:
+                cfg = bind_data(registry, TrainConfig(dataset=dataset, network=network,
+                                                      pairing=resolve(registry, "pairing", name), train_steps=steps,
+                                                      batch=spec["batch"], pool=pool, seed=0))
+                with tempfile.TemporaryDirectory() as tmp:
+                    opts = TrainOptions(progress=False, pair_workers=workers, pair_threads=pair_threads,
+                                        ckpt_every=10**9)
+                    t0 = time.perf_counter()
+                    ckpt = train_model(registry, cfg, Path(tmp) / "m.pt", opts)
+                    wall = time.perf_counter() - t0
+                t = ckpt["timing"]
+                rows.append({"pairing": name, "pool": pool, "train_steps": steps, "batch": cfg.batch,
+                             "steps_per_second": steps / t["train_seconds"], "train_seconds": t["train_seconds"],
+                             "pair_seconds": t["pair_seconds"], "pair_wait_seconds": t["pair_wait_seconds"],
+                             "wall_seconds": wall, "workers": workers, "train_threads": train_threads,
+                             "pair_threads": pair_threads})
+                progress(f"  pool {pool:<6} {name:<10} {rows[-1]['steps_per_second']:.3f} steps/s  (pairing "
+                         f"{t['pair_seconds']:.1f} s in total, trainer waited {t['pair_wait_seconds']:.1f} s)")
     finally:
         torch.set_num_threads(old_threads)
     df = pd.DataFrame(rows)
-    base = df.steps_per_second.iloc[0]
+    base = df.groupby("pool")["steps_per_second"].transform("first")
     df["throughput_vs_first"] = df.steps_per_second / base
     return df
 

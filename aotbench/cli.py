@@ -170,8 +170,8 @@ def cmd_bench(args) -> int:
     else:
         pairings = args.strategies.split(",") if args.strategies else registry.defaults("pairing")
         spec = {"dataset": args.dataset, "network": args.network, "batch": _ints(str(args.batch), "--batch")[0],
-                "pool": _ints(args.pool, "--pool")[0]}
-        print(f"bench training: {args.dataset}, pool {spec['pool']}, batch {spec['batch']}, {args.steps} steps, "
+                "pool": _ints(args.pool, "--pool")}
+        print(f"bench training: {args.dataset}, pools {args.pool}, batch {spec['batch']}, {args.steps} steps, "
               f"trainer {args.train_threads} thread(s), {args.pair_workers} pairing worker(s) x "
               f"{args.pair_threads} thread(s)", file=sys.stderr)
         df = bench_training(registry, spec, pairings, args.steps, args.train_threads, args.pair_threads,
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time pairings side by side, or training throughput per pairing")
     p.add_argument("what", choices=("pairing", "training"))
-    p.add_argument("--pool", default="512,2048", help="pool sizes (pairing: a comma list; training: one)")
+    p.add_argument("--pool", default="512,2048", help="pool sizes, a comma list")
     p.add_argument("--dim", type=int, default=3072, help="pairing: data dimension (3072 = CIFAR-10)")
     p.add_argument("--repeats", type=int, default=3, help="pairing: repeats per cell (the median is reported)")
     p.add_argument("--strategies", default=None, help="pairings to time (default: all; training: the defaults)")

@@ -55,6 +55,7 @@ class Pairing(Protocol):
     Optional members:
 
     - ``check_pool(pool, shape)`` (:class:`PoolCheck`);
+    - ``pool_memory(pool, shape)`` (:class:`PoolMemory`);
     - ``noise_factor``: an int f >= 1 (an attribute of the instance, so it may follow a parameter): ``pair``
       then receives f P noises and returns an *injective* map from the P items into them (nearest-of-k noise);
     - ``stateful = True`` (a class attribute): the pairing keeps state from pool to pool (:class:`PairingState`:
@@ -85,6 +86,17 @@ class PoolCheck(Protocol):
     def check_pool(self, pool: int, shape: tuple[int, ...]) -> None:
         """Raise ValueError (one line, its cause) for a pool of ``pool`` samples of per-sample ``shape`` it cannot
         handle, e.g. one whose cost matrix exceeds a memory budget; return None otherwise."""
+        ...
+
+
+@runtime_checkable
+class PoolMemory(Protocol):
+    """Optional member of a :class:`Pairing`: the memory one pairing of a pool needs, so the engine can refuse,
+    before training, a pool whose pairing workers would not fit in memory together."""
+
+    def pool_memory(self, pool: int, shape: tuple[int, ...]) -> int:
+        """Peak bytes one call of ``pair`` on a pool of ``pool`` samples of per-sample ``shape`` allocates beyond
+        its inputs (cost matrix and solver), as measured for the method."""
         ...
 
 
@@ -366,7 +378,7 @@ class Contract:
 
 #: kind -> its contract
 CONTRACTS: dict[str, Contract] = {
-    "pairing": Contract(Pairing, "class", optional=(PoolCheck, PairingState),
+    "pairing": Contract(Pairing, "class", optional=(PoolCheck, PoolMemory, PairingState),
                         attributes={"stateful": (bool,), "noise_factor": (int,)}),
     "sampler": Contract(Sampler, "callable"),
     "guidance": Contract(Guidance, "class", optional=(GuidancePrepare,),

@@ -27,6 +27,7 @@ import math
 import pickle
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -299,6 +300,35 @@ def check_workers(source: PoolSource | RankPools, workers: int) -> None:
                         f"order by one process: use --pair-workers 0 or 1, not {workers}")
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(source: PoolSource | RankPools, workers: int, available: int | None = None) -> None:
+    """Refuse, before any worker starts, pools whose pairing workers would not fit in memory together: each of
+    ``max(workers, 1)`` processes pairs one pool at a time and needs the pairing's ``pool_memory`` (optional; a
+    pairing without it is not checked). A global pool is one pool of every rank's items. UserError, one line."""
+    first = _first_source(source)
+    estimate = getattr(first.pairing, "pool_memory", None)
+    available = available if available is not None else available_memory()
+    if estimate is None or available is None:
+        return
+    n = first.pool * (len(source.sources) if isinstance(source, RankPools) and source.global_pool else 1)
+    each = int(estimate(n, tuple(first.data.shape[1:])))
+    need = max(workers, 1) * each
+    if need > available:
+        raise UserError(f"pairing '{first.pairing_name}' of pools of {n} with {max(workers, 1)} pairing "
+                        f"process(es) needs about {need / 2**30:.1f} GiB ({each / 2**30:.2f} GiB each), but "
+                        f"{available / 2**30:.1f} GiB are available; use fewer --pair-workers or a smaller pool")
+
+
 def check_picklable(source: PoolSource | RankPools) -> None:
     """Refuse, before a worker starts, a pairing that cannot travel to a worker process (one line, not a traceback).
 
@@ -343,9 +373,12 @@ def iter_pools(source: PoolSource | RankPools, first: int, last: int, workers: i
     With workers, the pairing's picklability is checked here, at the call, before any worker starts.
 
     A stateful pairing's pools depend on every pool before them, so they are paired by one process, in order: more
-    than one worker is refused (UserError, one line) before any starts.
+    than one worker is refused (UserError, one line) before any starts; so are workers whose pairings would not
+    fit in memory together (:func:`check_memory`). Several workers pair consecutive pools at once (DataLoader
+    hands pool k to worker k mod W and yields them in order), which is exact: a pool is a function of its index.
     """
     check_workers(source, workers)
+    check_memory(source, workers)
     if workers <= 0:
         return (source[k] for k in range(first, last))
     check_picklable(source)

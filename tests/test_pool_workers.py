@@ -110,3 +110,40 @@ def test_a_dataset_whose_cost_overflows_fails_in_one_line_not_a_crash(tmp_path, 
     line = out.stderr.strip().splitlines()[-1]  # after the run's banner line
     assert line.startswith("aotbench: error: pairing 'aot': the cost matrix overflows float32 (largest |value|: "
                            "1e+20 in the data")
+
+
+def test_several_workers_pair_consecutive_pools_exactly_as_in_line(registry):
+    pairing = registry.get("pairing", "aot").build()
+    src = PoolSource(torch.randn(300, 4), None, 64, 5, 0, pairing, "aot")
+    inline = list(iter_pools(src, 1, 8, workers=0))
+    parallel = list(iter_pools(src, 1, 8, workers=2, threads=1))
+    assert [p.k for p in parallel] == list(range(1, 8))
+    assert all(torch.equal(a.perm, b.perm) and torch.equal(a.noise, b.noise) and torch.equal(a.index, b.index)
+               for a, b in zip(inline, parallel))
+
+
+def test_pools_whose_pairing_workers_would_not_fit_in_memory_are_refused_before_training(registry, tmp_path,
+                                                                                         monkeypatch):
+    import aotbench.pool as pool_module
+    from aotbench.pool import check_memory
+    from aotbench.train import TrainOptions, train_model
+    from conftest import tiny_train
+
+    src = PoolSource(torch.randn(300, 4), None, 1024, 5, 0, registry.get("pairing", "aot").build(), "aot")
+    check_memory(src, 2, available=2 * 12 * 1024**2)  # exactly fits
+    with pytest.raises(UserError, match=r"pools of 1024 with 3 pairing process\(es\) needs .* use fewer"):
+        check_memory(src, 3, available=2 * 12 * 1024**2)
+    monkeypatch.setattr(pool_module, "available_memory", lambda: 12 * 256**2 - 1)
+    cfg = tiny_train(registry, pool=256, train_steps=8)
+    with pytest.raises(UserError, match="pool"):
+        train_model(registry, cfg, tmp_path / "m.pt", TrainOptions(progress=False, pair_workers=0))
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_bench_training_measures_each_pool_against_the_first_pairing(registry):
+    from aotbench.bench import bench_training
+
+    df = bench_training(registry, {"dataset": "moons", "network": "mlp:width=16:depth=1", "batch": 64,
+                                   "pool": [128, 256]}, ["none", "aot"], 4, 1, 1, 0, progress=lambda m: None)
+    assert list(zip(df.pool, df.pairing)) == [(128, "none"), (128, "aot"), (256, "none"), (256, "aot")]
+    assert (df[df.pairing == "none"].throughput_vs_first == 1).all() and (df.pair_seconds[df.pairing == "aot"] > 0).all()
