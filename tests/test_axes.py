@@ -17,7 +17,7 @@ from aotbench.sweep import load_spec
 from aotbench.tables import records_frame
 
 #: a second value for every train and cell axis (none of them a default)
-SECOND = {"train_steps": 7, "batch": 32, "pool": 64, "ranks": 2, "lr": 0.002, "lr_rampup_img": 100,
+SECOND = {"train_steps": 7, "batch": 32, "pool": 64, "ranks": 2, "global_pool": True, "lr": 0.002, "lr_rampup_img": 100,
           "ema_halflife_img": 1000.0, "ema_rampup_ratio": 0.1, "conditional": True, "label_dropout": 0.1,
           "augment_p": 0.5, "grad_accum": 2, "precision": "bf16", "steps": 3, "rho": 5.0, "sigma_min": 0.01,
           "sigma_max": 40.0, "n_samples": 10, "label": 1, "label_sampling": "uniform"}
@@ -37,7 +37,7 @@ def test_every_config_field_a_grid_can_vary_is_an_axis():
 
 def test_every_axis_is_a_run_flag_that_reaches_the_grid():
     values = {**{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in SECOND.items()}, **CHOICES,
-              "seeds": "0,1", "metrics": "nfe", "train_mimg": "0.001"}
+              "seeds": "0,1", "metrics": "nfe", "train_mimg": "0.001", "snapshots": "2"}
     argv = ["run"] + [x for a in AXES_TABLE for x in (a.flag, values[a.name])]
     grid = grid_spec(build_parser().parse_args(argv))
     assert grid == {a.name: values[a.name] for a in AXES_TABLE}
@@ -51,7 +51,7 @@ def test_every_axis_is_a_sweep_grid_key(tmp_path):
 
 
 def _toml(axis) -> str:
-    value = {**SECOND, **CHOICES, "seeds": 0, "metrics": "nfe", "train_mimg": 0.001}[axis.name]
+    value = {**SECOND, **CHOICES, "seeds": 0, "metrics": "nfe", "train_mimg": 0.001, "snapshots": 2}[axis.name]
     return str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, str) else str(value)
 
 
