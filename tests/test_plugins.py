@@ -108,7 +108,7 @@ def test_a_misspelt_hook_fails_loudly(tmp_path):
 
 @pytest.mark.parametrize("flag,value,expected", [
     ("--pairing", "hungarian",
-     "unknown pairing 'hungarian' (available: aot, none, paper, pot-exact, sinkhorn, torchcfm-emd"),
+     "unknown pairing 'hungarian' (available: aot, knn, loom, none, paper, pot-exact, sinkhorn, torchcfm-emd"),
     ("--dataset", "cifar100", "unknown dataset 'cifar100' (available:"),
     ("--network", "resnet", "unknown network 'resnet' (available:"),
     ("--pairing", "aot:costs=l2", "pairing 'aot' has no parameter costs"),
