@@ -112,7 +112,7 @@ class ClassifierFeatures:
             net.load_state_dict(saved["state"])
             self.net = net.eval()
             # the name does not depend on the held-out split: a stored accuracy counts only for the same one
-            same = saved.get("heldout_digest") == self._heldout_digest()
+            same = "heldout_accuracy" in saved and saved.get("heldout_digest") == self._heldout_digest()
             self.heldout_accuracy = saved["heldout_accuracy"] if same else self._accuracy()
             return
         if self.labels is not None:  # unlabeled data: the fixed random network is the (weaker) extractor

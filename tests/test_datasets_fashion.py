@@ -109,14 +109,15 @@ def corruptions(good: bytes):
     return [("wrong magic", wrong_magic, r"is not an IDX image file \(magic 0x00000803 expected, got 0x00000801\)"),
             ("truncated", good[:-1], r"the header says 12x28x28 bytes of data, the file holds 9407"),
             ("too long", good + b"\0", r"the header says 12x28x28 bytes of data, the file holds 9409"),
-            ("header only", good[:6], r"is not an IDX image file"),
+            ("header cut short", good[:6], r": 6 bytes, shorter than its IDX header \(16 bytes; truncated\)"),
+            ("empty", b"", r"is not an IDX image file \(magic 0x00000803 expected, got 0 bytes\)"),
             ("gz wrong magic", gzip.compress(wrong_magic), r"got 0x00000801"),
             ("gz truncated data", gzip.compress(good[:-100]), r"the file holds 9308"),
             ("gz stream cut short", gzip.compress(good)[:-20], r"is not a readable gzip file \(EOFError"),
             ("gz stream damaged", gzip.compress(good)[:10] + b"\xff" * 50, r"is not a readable gzip file")]
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(9))
 def test_a_corrupt_idx_file_is_refused_in_one_line(tmp_path, case):
     xt = write_set(tmp_path, gz=False)[0]
     what, data, message = corruptions(idx_bytes(xt))[case]
@@ -201,3 +202,17 @@ def test_a_feature_recipe_without_a_subset_keeps_the_name_it_had_before_subsets_
     before = stable_hash(dict(v=1, width=32, epochs=30, batch=128, classes=2, data=tensor_digest(x, y)), 10)
     assert ClassifierFeatures("d", x, y, 2).name == f"d-cnn32-{before[:6]}"  # cached extractors stay valid
     assert ClassifierFeatures("d", x, y, 2, max_train=3).name != f"d-cnn32-{before[:6]}"
+
+
+def test_a_network_cached_before_accuracies_were_recorded_gets_its_accuracy_measured(tmp_path):
+    from aotbench.storage import atomic_torch_save, load_checkpoint
+
+    write_set(tmp_path / "data", fake_set(n_train=20, n_heldout=10))
+    first = FashionMNIST(path=str(tmp_path / "data")).load().features
+    first.prepare(tmp_path / "cache")
+    path = tmp_path / "cache" / "features" / f"{first.name}.pt"
+    old = load_checkpoint(path, "aotbench-features-v1")
+    atomic_torch_save(path, {k: old[k] for k in ("format", "name", "state")})  # as written before this change
+    again = FashionMNIST(path=str(tmp_path / "data")).load().features
+    again.prepare(tmp_path / "cache")
+    assert again.heldout_accuracy == first.heldout_accuracy

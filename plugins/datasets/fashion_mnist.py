@@ -64,10 +64,12 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
             raise ValueError(f"{path} is not a readable gzip file ({type(err).__name__}: {err})") from None
     ndim = 3 if magic == IMAGES else 1
     head = 4 * (1 + ndim)
-    if len(raw) < head or int.from_bytes(raw[:4], "big") != magic:
+    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
         got = f"0x{int.from_bytes(raw[:4], 'big'):08x}" if len(raw) >= 4 else f"{len(raw)} bytes"
         raise ValueError(f"{path} is not an IDX {'image' if ndim == 3 else 'label'} file (magic 0x{magic:08x} "
                          f"expected, got {got})")
+    if len(raw) < head:
+        raise ValueError(f"{path}: {len(raw)} bytes, shorter than its IDX header ({head} bytes; truncated)")
     dims = [int.from_bytes(raw[4 * (k + 1):4 * (k + 2)], "big") for k in range(ndim)]
     if 0 in dims or len(raw) != head + int(np.prod(dims)):
         raise ValueError(f"{path}: the header says {'x'.join(map(str, dims))} bytes of data, the file holds "
