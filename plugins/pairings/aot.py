@@ -4,7 +4,9 @@ The paper builds the cost with ``torch.cdist`` (plain L2) and solves it with sci
 This plugin returns a permutation of the same optimal total cost, faster: the cost is one float32 matrix product
 (in row chunks, on any device), and the assignment is solved by the fastest exact solver for the problem.
 
-``solver="auto"`` chooses by measurement (this project's 2-core CPU, l2 cost, uniform data against Gaussian noise):
+``solver="auto"`` chooses by measurement (this project's 2-core CPU, l2 cost, uniform data against Gaussian noise;
+the lapjv row is from before its reduced costs, below, which made it faster still: at d = 8, 1.07 -> 0.50 s, and
+at d = 2, 15.6 -> 9.0 s against emd's 2.4 s, side by side under load, so the choice stands):
 
     pool 2048, seconds    d=2    d=4    d=8    d=64   d=3072
     lapjv                 1.67   0.35   0.11   0.09   0.09
