@@ -77,10 +77,13 @@ def cost_matrix(x: torch.Tensor, z: torch.Tensor, cost: str = "l2", chunk: int =
     step = chunk if chunk and chunk > 0 else n
     for lo in range(0, n, step):
         xc = xf[lo:lo + step]
-        block = torch.addmm(xc.pow(2).sum(1, keepdim=True) + z2, xc, zf.T, alpha=-2.0).clamp_min_(0)
+        # on the CPU the product is written into C itself: no copy of the block (a 16 MB pass at 2048 x 2048)
+        into = {"out": out[lo:lo + step]} if device.type == "cpu" else {}
+        block = torch.addmm(xc.pow(2).sum(1, keepdim=True) + z2, xc, zf.T, alpha=-2.0, **into).clamp_min_(0)
         if cost == "l2":
             block.sqrt_()
-        out[lo:lo + step] = block.cpu()
+        if not into:
+            out[lo:lo + step] = block.cpu()
     if not all_finite(out):
         head = f"pairing '{who}'" if who else "cost_matrix"
         for part, t in (("data", x), ("noise", z)):

@@ -6,6 +6,7 @@ record beside the number.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,26 +53,52 @@ class ClassifierFeatures:
     """FD features from a small CNN trained (once, deterministically, then cached) to classify the dataset.
 
     Trained on the train split only, with seed 0 and a fixed budget, so the extractor is a pure function of the data:
-    its ``name`` carries a hash of the data's content (sha256 of its bytes and labels) and the recipe. Inputs are
-    clamped to [-1, 1] like images are.
+    its ``name`` carries a hash of the data's content (sha256 of its bytes and labels) and the recipe (``width``,
+    ``epochs``, ``batch``, ``max_train``). Inputs are clamped to [-1, 1] like images are.
+
+    ``max_train`` > 0 trains on a fixed seeded subset of that many train images (a large set, e.g. Fashion-MNIST's
+    60,000, would take most of an hour on a CPU for a few points of accuracy); the FD reference is still the whole
+    train split. When the held-out split has labels, the extractor's accuracy on it is measured once after training,
+    stored with the cached weights and kept as ``heldout_accuracy`` (a fraction in [0, 1]; None without labels):
+    an FD computed in the features of a network that cannot tell the classes apart says little.
     """
 
     version = 1
 
     def __init__(self, dataset: str, train: torch.Tensor, labels: torch.Tensor | None, num_classes: int,
-                 width: int = 32, epochs: int = 30, batch: int = 128):
-        self.train, self.labels, self.num_classes = train, labels, num_classes
-        self.width, self.epochs, self.batch = width, epochs, batch
-        recipe = dict(v=self.version, width=width, epochs=epochs, batch=batch, classes=num_classes,
-                      data=tensor_digest(train, labels))
-        self.key = stable_hash(recipe, 10)
-        kind = "cnn" if labels is not None else "randcnn"
-        self.name = f"{dataset}-{kind}{width}-{self.key[:6]}"
+                 width: int = 32, epochs: int = 30, batch: int = 128, max_train: int = 0,
+                 heldout: torch.Tensor | None = None, heldout_labels: torch.Tensor | None = None):
+        self.dataset, self.train, self.labels, self.num_classes = dataset, train, labels, num_classes
+        self.width, self.epochs, self.batch, self.max_train = width, epochs, batch, max_train
+        self.heldout, self.heldout_labels = heldout, heldout_labels
+        self.heldout_accuracy: float | None = None
         self.net: _FeatureCNN | None = None
+
+    @functools.cached_property
+    def key(self) -> str:
+        """Hash of the recipe and the train data's content (computed once, on first use: hashing 60,000 images
+        takes a moment). ``max_train`` enters only when set, so the keys of extractors made before it existed, and
+        the ``fd_extractor`` names recorded with them, stay valid."""
+        recipe = dict(v=self.version, width=self.width, epochs=self.epochs, batch=self.batch,
+                      classes=self.num_classes, data=tensor_digest(self.train, self.labels))
+        if self.max_train:
+            recipe["max_train"] = self.max_train
+        return stable_hash(recipe, 10)
+
+    @property
+    def name(self) -> str:
+        kind = "cnn" if self.labels is not None else "randcnn"
+        return f"{self.dataset}-{kind}{self.width}-{self.key[:6]}"
+
+    def relabeled(self, splits: Splits) -> ClassifierFeatures:
+        """The same recipe on ``splits`` (used by the engine's dataset gate once it has mapped the labels)."""
+        return ClassifierFeatures(splits.name, splits.train, splits.train_labels, splits.num_classes, self.width,
+                                  self.epochs, self.batch, self.max_train, splits.heldout, splits.heldout_labels)
 
     def prepare(self, cache_dir: Path, progress: bool = False) -> None:
         """Load the extractor from ``cache_dir/features/<name>.pt``, or build it (trained on labelled data, seed 0;
-        unlabeled data keep the seeded random init) and save it there, sealed; a no-op once loaded.
+        unlabeled data keep the seeded random init) and save it there, sealed, with its held-out accuracy; a no-op
+        once loaded.
 
         Raises :class:`UserError` for a corrupt cached file (:func:`aotbench.storage.load_checkpoint`)."""
         if self.net is not None:
@@ -81,26 +108,49 @@ class ClassifierFeatures:
             net = _FeatureCNN(self.train.shape[1], self.num_classes, self.width)
         path = Path(cache_dir) / "features" / f"{self.name}.pt"
         if path.is_file():
-            net.load_state_dict(load_checkpoint(path, "aotbench-features-v1")["state"])
-        else:
-            if self.labels is not None:  # unlabeled data: the fixed random network is the (weaker) extractor
-                self._fit(net, progress)
-            atomic_torch_save(path, {"format": "aotbench-features-v1", "name": self.name, "state": net.state_dict()})
+            saved = load_checkpoint(path, "aotbench-features-v1")
+            net.load_state_dict(saved["state"])
+            self.net = net.eval()
+            # the name does not depend on the held-out split: a stored accuracy counts only for the same one
+            same = "heldout_accuracy" in saved and saved.get("heldout_digest") == self._heldout_digest()
+            self.heldout_accuracy = saved["heldout_accuracy"] if same else self._accuracy()
+            return
+        if self.labels is not None:  # unlabeled data: the fixed random network is the (weaker) extractor
+            self._fit(net, progress)
         self.net = net.eval()
+        self.heldout_accuracy = self._accuracy()
+        atomic_torch_save(path, {"format": "aotbench-features-v1", "name": self.name, "state": net.state_dict(),
+                                 "heldout_accuracy": self.heldout_accuracy, "heldout_digest": self._heldout_digest()})
+
+    def _heldout_digest(self) -> str | None:
+        return None if self.heldout is None else tensor_digest(self.heldout, self.heldout_labels)
+
+    @torch.no_grad()
+    def _accuracy(self) -> float | None:
+        """The fraction of the held-out split the classifier labels correctly (None without held-out labels)."""
+        if self.labels is None or self.heldout is None or self.heldout_labels is None or not len(self.heldout):
+            return None
+        correct = sum(int((self.net(self.heldout[i:i + 512].clamp(-1, 1).float()).argmax(1)
+                           == self.heldout_labels[i:i + 512]).sum()) for i in range(0, len(self.heldout), 512))
+        return correct / len(self.heldout)
 
     def _fit(self, net: _FeatureCNN, progress: bool) -> None:
         from .progress import bar
 
+        train, labels = self.train, self.labels
+        if 0 < self.max_train < len(train):
+            subset = torch.randperm(len(train), generator=generator("features-subset", 0))[:self.max_train]
+            train, labels = train[subset.sort().values], labels[subset.sort().values]
         opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-        n = self.train.shape[0]
+        n = train.shape[0]
         with bar(total=self.epochs, desc="FD feature net", disable=not progress) as pb:
             for epoch in range(self.epochs):
                 order = torch.randperm(n, generator=generator("features", epoch))
                 for start in range(0, n, self.batch):
                     idx = order[start:start + self.batch]
-                    x = self.train[idx]
+                    x = train[idx]
                     x = x + 0.05 * torch.randn(x.shape, generator=generator("features-noise", epoch, start))
-                    loss = F.cross_entropy(net(x), self.labels[idx])
+                    loss = F.cross_entropy(net(x), labels[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -134,7 +184,8 @@ class Splits:
     def __post_init__(self):
         if self.features is None:
             self.features = (RawFeatures(self.train[0].numel()) if self.train.ndim == 2 else
-                             ClassifierFeatures(self.name, self.train, self.train_labels, self.num_classes))
+                             ClassifierFeatures(self.name, self.train, self.train_labels, self.num_classes,
+                                                heldout=self.heldout, heldout_labels=self.heldout_labels))
 
     @property
     def shape(self) -> tuple[int, ...]:

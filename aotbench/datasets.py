@@ -49,10 +49,12 @@ def _map_labels(splits: Splits) -> Splits:
     both = [t for t in (splits.train_labels, splits.heldout_labels) if t is not None]
     values = torch.unique(torch.cat([t.long().flatten() for t in both]))
     remap = lambda t: None if t is None else torch.searchsorted(values, t.long())  # noqa: E731
-    features = None if isinstance(splits.features, ClassifierFeatures) else splits.features
-    return dataclasses.replace(splits, train_labels=remap(splits.train_labels),
-                               heldout_labels=remap(splits.heldout_labels), num_classes=len(values),
-                               classes=tuple(int(v) for v in values), features=features)
+    mapped = dataclasses.replace(splits, train_labels=remap(splits.train_labels),
+                                 heldout_labels=remap(splits.heldout_labels), num_classes=len(values),
+                                 classes=tuple(int(v) for v in values))
+    if isinstance(splits.features, ClassifierFeatures):  # the plugin's recipe, on the mapped labels
+        mapped.features = splits.features.relabeled(mapped)
+    return mapped
 
 
 def load_splits(registry: Registry, choice: Choice) -> Splits:

@@ -29,6 +29,7 @@ BUILTINS = [
     "datasets.digits",
     "datasets.mnist5k",
     "datasets.cifar10",
+    "datasets.fashion_mnist",
     "datasets.edm_zip",
     "datasets.folder",
     "datasets.npz",

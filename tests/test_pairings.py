@@ -291,6 +291,98 @@ def test_every_exact_solver_returns_the_same_pairs_when_a_pool_repeats_an_image(
     assert torch.equal(pairing(registry, "pot-exact").pair(data, noise), sq)  # emd and JV agree too
 
 
+def random_costs(kind: str, n: int, seed: int) -> np.ndarray:
+    """An n x n cost matrix of a kind that stresses an exact solver differently."""
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        return rng.random((n, n))
+    if kind == "ties":  # few distinct values: many optimal assignments, all of one total
+        return rng.integers(0, 3, (n, n)).astype(np.float64)
+    if kind == "duplicate rows":
+        c = rng.random((n, n))
+        c[n // 2:] = c[:n - n // 2]
+        return c
+    if kind == "l2 pools":  # what the aot plugin solves: float32 distances between image-like pools
+        data, noise, _ = make_pool(n, shape=(48,), seed=seed)
+        return cost_matrix(data, noise).numpy()
+    if kind == "wide range":  # magnitudes from 1e-3 to 1e6, some negative, columns far apart
+        return (rng.standard_normal((n, n)) * 10.0 ** rng.integers(-3, 7, n)[None, :]).astype(np.float64)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "ties", "duplicate rows", "l2 pools", "wide range"])
+@pytest.mark.parametrize("n", [1, 2, 9, 64, 300])
+def test_every_jv_solver_on_reduced_costs_finds_the_scipy_optimum_of_the_original(kind, n):
+    from aotbench_plugins.pairings.aot import assignment
+
+    c = random_costs(kind, n, seed=n)
+    rows, cols = linear_sum_assignment(c.astype(np.float64))
+    optimum = c.astype(np.float64)[rows, cols].sum()
+    for solver in [s for s in ("lapjv", "lap", "scipy") if _has(s)]:
+        perm = assignment(c, solver, dim=48)
+        assert sorted(perm.tolist()) == list(range(n)), solver
+        total = c.astype(np.float64)[np.arange(n), perm].sum()
+        assert total == pytest.approx(optimum, rel=1e-12, abs=1e-9 * float(np.abs(c).max())), (solver, kind)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 12), seed=st.integers(0, 10_000))
+def test_reduced_costs_change_every_assignment_by_the_same_constant(n, seed):
+    from aotbench_plugins.pairings.aot import reduce_costs
+
+    rng = np.random.default_rng(seed)
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-6)):  # R is rounded to C's type
+        c = (rng.standard_normal((n, n)) * 100).astype(dtype)
+        r, v = reduce_costs(c)
+        assert r.dtype == dtype and v.shape == (n,) and np.all(r.min(1) == 0)  # a zero in every row, none below
+        shifts = [c.astype(np.float64)[np.arange(n), p].sum() - r[np.arange(n), p].astype(np.float64).sum()
+                  for p in (rng.permutation(n) for _ in range(5))]
+        assert np.ptp(shifts) <= rtol * np.abs(c).astype(np.float64).sum()
+
+
+def test_the_dual_certificate_accepts_the_optimum_and_rejects_anything_else():
+    lapjv = pytest.importorskip("lapjv").lapjv
+    from aotbench_plugins.pairings.aot import dual_certificate
+
+    c = random_costs("l2 pools", 200, seed=4).astype(np.float64)
+    best, _, (_, _, v) = lapjv(c, force_doubles=True)
+    rows, cols = linear_sum_assignment(c)
+    assert c[np.arange(200), best].sum() == pytest.approx(c[rows, cols].sum(), rel=1e-12)
+    assert dual_certificate(c, best, v, atol=1e-9)
+    worse = best.copy()
+    worse[[0, 1]] = worse[[1, 0]]
+    extra = c[np.arange(200), worse].sum() - c[np.arange(200), best].sum()
+    assert extra > 0 and not dual_certificate(c, worse, v, atol=extra / 2)
+    assert not dual_certificate(c, best, np.zeros(200), atol=1e-9)  # duals that prove nothing
+
+
+def test_a_lapjv_answer_that_fails_its_certificate_is_solved_again_on_the_full_costs(monkeypatch):
+    lapjv_module = pytest.importorskip("lapjv")
+    from aotbench_plugins.pairings import aot
+
+    c = random_costs("l2 pools", 120, seed=6)
+    real = lapjv_module.lapjv
+    calls = []
+
+    def first_answer_wrong(m, **kw):
+        perm, cols, duals = real(m, **kw)
+        calls.append(m)
+        if len(calls) == 1:  # the solve on the reduced costs: hand back a non-optimal assignment
+            perm = perm.copy()
+            perm[[0, 1]] = perm[[1, 0]]
+        return perm, cols, duals
+
+    monkeypatch.setattr(lapjv_module, "lapjv", first_answer_wrong)
+    monkeypatch.setitem(aot.FALLBACKS, "lapjv", 0)
+    perm = aot.assignment(c, "lapjv")
+    assert aot.FALLBACKS["lapjv"] == 1 and len(calls) == 2 and calls[1] is c  # the fallback solved C itself
+    rows, best = linear_sum_assignment(c.astype(np.float64))
+    assert c.astype(np.float64)[np.arange(120), perm].sum() == pytest.approx(c.astype(np.float64)[rows, best].sum(),
+                                                                             rel=1e-12)
+    aot.assignment(c, "lapjv")  # left alone, the reduced solve is certified: no second fallback
+    assert aot.FALLBACKS["lapjv"] == 1
+
+
 def _has(module: str) -> bool:
     import importlib.util
 
