@@ -151,11 +151,12 @@ def _nfe_ticks(ax, values) -> None:
 
 
 def _series(d: pd.DataFrame) -> pd.Series:
-    """A line's label: the pairing plus every other model setting that varies in ``d`` (a pool ablation's lines)."""
-    extra = _varying(d, [c for c in model_columns() if c not in ("dataset", "pairing", "conditional")])
+    """A model setting's label: the pairing plus every other model setting that varies within its dataset in ``d``
+    (the objective, a pool ablation's pool), so that two models of one pairing never share a line, bar or figure."""
     label = d["pairing"].astype(str)
-    for c in extra:
-        label = label + f" {c}=" + d[c].astype(str)
+    for _, g in d.groupby("dataset", sort=False):
+        for c in _varying(g, [c for c in model_columns() if c not in ("dataset", "pairing", "conditional")]):
+            label.loc[g.index] = label.loc[g.index] + f" {c}=" + g[c].astype(str)
     return label
 
 
@@ -219,7 +220,7 @@ def _curvature_bars(models: pd.DataFrame, out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.2), squeeze=False)
     for ax, ds in zip(axes[0], sets):
         m = models[models.dataset == ds]
-        labels = [p + (" (cond.)" if c else "") for p, c in zip(m.pairing, m.conditional)]
+        labels = [p + (" (cond.)" if c else "") for p, c in zip(_series(m), m.conditional)]
         ax.bar(labels, m["curvature"], yerr=m["curvature_sd"], capsize=3, color="tab:blue", alpha=0.8)
         ax.set_title(ds, fontsize=10)
         ax.set_ylabel("curvature (0 = straight)")
@@ -237,9 +238,10 @@ def _artifact(folder: Path, rec: dict) -> dict | None:
         return {k: z[k] for k in z.files}
 
 
-def _pick(df: pd.DataFrame, records: dict, folder: Path, dataset: str, pairing: str, key: str):
-    """The artifact `key` of the seed-0, unguided, highest-NFE cell of one pairing (or None)."""
-    d = df[(df.dataset == dataset) & (df.pairing == pairing) & (df.seed == df.seed.min())]
+def _pick(df: pd.DataFrame, records: dict, folder: Path, dataset: str, series: str, key: str):
+    """The artifact `key` of the seed-0, unguided, highest-NFE cell of one model setting (a :func:`_series` label,
+    column ``_series`` of ``df``) (or None)."""
+    d = df[(df.dataset == dataset) & (df["_series"] == series) & (df.seed == df.seed.min())]
     if "guidance" in d:
         d = d[d.guidance == "none"]
     for _, row in d.sort_values("nfe", ascending=False).iterrows():
@@ -249,22 +251,24 @@ def _pick(df: pd.DataFrame, records: dict, folder: Path, dataset: str, pairing: 
     return None
 
 
-def _two_pairings(df: pd.DataFrame, dataset: str) -> list[str]:
-    """Which pairings to show side by side: the registered defaults if present (none vs aot), else the first two."""
+def _two_series(df: pd.DataFrame, dataset: str) -> list[str]:
+    """Which model settings to show side by side: those of the registered default pairings if present (none vs
+    aot), else the first two."""
     from .plugins import get_registry
 
-    present = list(dict.fromkeys(df[df.dataset == dataset].pairing))
+    d = df[df.dataset == dataset]
+    present = list(dict.fromkeys(d["_series"]))
     try:
-        preferred = [p for p in get_registry().defaults("pairing") if p in present]
+        defaults = get_registry().defaults("pairing")
     except UserError:
-        preferred = []
-    ordered = sorted(preferred, key=present.index) + [p for p in present if p not in preferred]
-    return ordered[:2]
+        defaults = []
+    preferred = [s for s in present if d.pairing[d["_series"] == s].iloc[0] in defaults]
+    return (preferred + [s for s in present if s not in preferred])[:2]
 
 
 def _side_by_side(df, records, folder, dataset: str, key: str, ndim: int) -> list[tuple[str, dict]]:
-    """(pairing, artifacts) of the two pairings to compare, where artifact ``key`` exists with ``ndim`` axes."""
-    arts = [(p, _pick(df, records, folder, dataset, p, key)) for p in _two_pairings(df, dataset)]
+    """(model setting, artifacts) of the two to compare, where artifact ``key`` exists with ``ndim`` axes."""
+    arts = [(p, _pick(df, records, folder, dataset, p, key)) for p in _two_series(df, dataset)]
     return [(p, a) for p, a in arts if a is not None and a[key].ndim == ndim]
 
 
@@ -327,7 +331,7 @@ def _sample_grids(df, records, folder, out) -> list[Path]:
     plt = _plt()
     written = []
     for ds in df.dataset.unique():
-        for p in df[df.dataset == ds].pairing.unique():
+        for p in df[df.dataset == ds]["_series"].unique():
             a = _pick(df, records, folder, ds, p, "samples")
             if a is None:
                 continue
@@ -349,7 +353,7 @@ def _sample_grids(df, records, folder, out) -> list[Path]:
                 plt.close(fig)
                 continue
             fig.suptitle(f"{ds}: samples, pairing {p}", fontsize=9)
-            path = out / f"samples_{ds}_{p.replace(':', '_').replace('=', '-')}.png"
+            path = out / f"samples_{ds}_{p.replace(':', '_').replace('=', '-').replace(' ', '_')}.png"
             _save(fig, path)
             written.append(path)
     return written
@@ -365,6 +369,7 @@ def report(folder: Path, out: Path | None = None) -> dict:
         raise UserError(f"no records in {folder} (expected {folder}/cells/*.json)")
     out = Path(out) if out else folder
     df = records_frame(records_list, get_registry())
+    df = df.assign(_series=_series(df))
     records = {r["cell_key"]: r for r in records_list}
     tables = write_tables(df, out)
     figures = (_lines_vs_nfe(tables["cells"], "fd", out, "fd_vs_nfe", "FD")
