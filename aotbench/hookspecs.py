@@ -154,7 +154,8 @@ def register_schedules(register):
 def register_objectives(register):
     """Register training objectives: the noise levels, loss weight and preconditioning a model is trained with
     (``--objective NAME``; contract: :class:`aotbench.contracts.Objective`), all in EDM's σ-space, so that the
-    trained model is a denoiser D(x; σ) that every sampler, guidance and metric uses unchanged (:mod:`aotbench.objective`).
+    trained model is a denoiser D(x; σ) that every sampler, guidance and metric uses unchanged
+    (:mod:`aotbench.objective`).
 
     ``obj`` is a class; ``obj(**params)`` has:
 

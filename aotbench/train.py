@@ -4,10 +4,11 @@
 Design Space of Diffusion-Based Generative Models", NeurIPS 2022) paragraph by paragraph: accumulate gradients, update
 weights, update EMA, save the training state, check for abort. The loss is EDM's weighted denoising loss
 (``training/loss.py``, ``EDMLoss``; :func:`aotbench.objective.denoising_loss`) with the noise levels, weight and
-preconditioning of the model's objective plugin (EDM's own by default; flow matching is another). What differs is where a batch comes from, Approximated Optimal Transport (AOT; Kim,
-Choi, Shin, Hwang, Yoon, arXiv 2403.05069): each rank draws a pool of P samples and P standard-normal noises, pairs
-them once with the pairing plugin, and consumes the pool in P/b optimizer steps (b = per-rank batch), drawing each
-sample's sigma after pairing. Pools are paired ahead in a background worker (:func:`aotbench.pool.iter_pools`).
+preconditioning of the model's objective plugin (EDM's own by default; flow matching is another). What differs is
+where a batch comes from, Approximated Optimal Transport (AOT; Kim, Choi, Shin, Hwang, Yoon, arXiv 2403.05069): each
+rank draws a pool of P samples and P standard-normal noises, pairs them once with the pairing plugin, and consumes
+the pool in P/b optimizer steps (b = per-rank batch), drawing each sample's sigma after pairing. Pools are paired
+ahead in a background worker (:func:`aotbench.pool.iter_pools`).
 
 Every random draw is seeded by its coordinates (seed, rank, pool or step), so the position in the data and every
 random state follow from the step counter; the checkpoint (:class:`TrainState`) holds the model, EMA, optimizer and
@@ -132,8 +133,8 @@ class TrainState:
     - ``step``: optimizer steps taken (``step * cfg.batch`` images seen);
     - ``timing``: seconds, keyed by :data:`TIMINGS`: wall time inside the training loop across resumes, time
       inside the pairing (wherever it ran), time the trainer waited for a paired pool;
-    - ``history``: ``(step, loss)`` pairs, the loss being the objective's per-sample loss averaged over the global batch and
-      over the steps since the previous pair (or since the run was resumed: the window is not kept).
+    - ``history``: ``(step, loss)`` pairs, the loss being the objective's per-sample loss averaged over the global
+      batch and over the steps since the previous pair (or since the run was resumed: the window is not kept).
     """
 
     cfg: TrainConfig
@@ -294,8 +295,9 @@ def _accumulate_gradients(net: torch.nn.Module, state: TrainState, scaler: torch
 
     ``net`` is the model, or its DDP wrapper (which then all-reduces the gradients in each rank's last round only).
     Each rank's dropout and label dropout are seeded by (seed, rank, step). The loss of each round is the
-    objective's weighted denoising loss (:func:`aotbench.objective.denoising_loss`) averaged over the round's samples and divided by rounds x ranks, so the gradients
-    and the returned float are those of the mean loss over the global batch.
+    objective's weighted denoising loss (:func:`aotbench.objective.denoising_loss`) averaged over the round's samples
+    and divided by rounds x ranks, so the gradients and the returned float are those of the mean loss over the global
+    batch.
     """
     cfg = state.cfg
     b, rounds = cfg.rank_batch, cfg.grad_accum
