@@ -115,7 +115,8 @@ def run_cells(registry: Registry, cells: list[CellConfig], results: Path, experi
     for i, (key, group) in enumerate(groups.items()):
         if opts.progress and len(groups) > 1:
             t = group[0].train
-            log(f"[model {i + 1}/{len(groups)}] {t.dataset.name} pairing={t.pairing.label()} seed={t.seed} ({key})")
+            log(f"[model {i + 1}/{len(groups)}] {t.dataset.name} pairing={t.pairing.label()} "
+                f"objective={t.objective.label()} seed={t.seed} ({key})")
         for rec in run_model(registry, group, ws, experiment, opts, log):
             out[rec["cell_key"]] = rec
     return [out[c.key] for c in cells], todo
