@@ -177,7 +177,7 @@ def _lines_vs_nfe(cells: pd.DataFrame, metric: str, out: Path, name: str, ylabel
     colours = {p: f"C{i % 10}" for i, p in enumerate(dict.fromkeys(sub["_series"]))} if len(sub) else {}
     for ds in sub["dataset"].unique() if len(sub) else []:
         d = sub[sub.dataset == ds]
-        sampling = [c for c in group_columns(d) if c not in model_columns() and c != "steps"]
+        sampling = [c for c in group_columns(d) if c not in model_columns() and c not in ("steps", "_series")]
         panel_cols = ["sampler", "rho", "guidance", "conditional"] + [
             c for c in _varying(d, sampling) if c not in ("sampler", "rho", "guidance")]
         panel_cols = [c for c in dict.fromkeys(panel_cols) if c in d.columns]
@@ -369,9 +369,9 @@ def report(folder: Path, out: Path | None = None) -> dict:
         raise UserError(f"no records in {folder} (expected {folder}/cells/*.json)")
     out = Path(out) if out else folder
     df = records_frame(records_list, get_registry())
-    df = df.assign(_series=_series(df))
     records = {r["cell_key"]: r for r in records_list}
     tables = write_tables(df, out)
+    df = df.assign(_series=_series(df))  # after the tables: a label for figures, not a column
     figures = (_lines_vs_nfe(tables["cells"], "fd", out, "fd_vs_nfe", "FD")
                + _lines_vs_nfe(tables["cells"], "fid", out, "fid_vs_nfe", "FID")
                + _lines_vs_nfe(tables["cells"], "trunc_err", out, "trunc_err_vs_nfe", "truncation error")
