@@ -36,7 +36,9 @@ AXES_TABLE: tuple[Axis, ...] = (
     Axis("sampler", "choice", str, "sampler plugin(s), e.g. euler,heun"),
     Axis("guidance", "choice", str, "guidance plugin(s)"),
     Axis("schedule", "choice", str, "schedule plugin(s): karras (EDM's rho-schedule, default), logsnr, "
-                                    "time-uniform"),
+                                    "time-uniform, flow-uniform"),
+    Axis("objective", "choice", str, "training objective plugin(s): edm (default), rectified-flow (flow "
+                                     "matching, e.g. rectified-flow:t_dist=logit-normal); part of the model"),
     # sampling
     Axis("steps", "cell", int, "sampling steps (Heun: NFE = 2*steps - 1)"),
     Axis("rho", "cell", float, "schedule rho (EDM 7; the paper's low-NFE settings 72, 90)"),

@@ -26,9 +26,12 @@ RENAMED = {"steps": "train_steps"}
 #: them computed; at that value they are left out of every key (:func:`aotbench.identity.sampling_dict`)
 ADDED = {"schedule": {"name": "karras"}}
 
-#: TrainConfig fields added since models were first trained, and the value that trains what models without them
-#: trained; at that value they are left out of the model's key (:func:`aotbench.identity.model_key`)
-TRAIN_ADDED = {"global_pool": False}
+#: TrainConfig fields added since models were first trained, and the value that reproduces them; at that value
+#: they are left out of the model's key (:func:`aotbench.identity.model_key`), so every existing key stays valid
+TRAIN_ADDED = {"objective": {"name": "edm"}, "global_pool": False}
+
+#: the TrainConfig fields that are plugin choices
+TRAIN_CHOICES = ("dataset", "network", "pairing", "objective")
 
 #: how a conditional cell without a fixed label draws its classes
 LABEL_SAMPLING = ("train", "uniform")
@@ -121,6 +124,8 @@ class TrainConfig:
     dataset: Choice
     network: Choice
     pairing: Choice
+    #: the training objective (an objective plugin: noise levels, loss weight, preconditioning; EDM's by default)
+    objective: Choice = Choice("edm")
     seed: int = 0
     train_steps: int = 2000
     batch: int = 128
@@ -176,25 +181,28 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Every field, plugin choices as ``{"name", params...}`` dicts (JSON-able)."""
         d = asdict(self)
-        for k in ("dataset", "network", "pairing"):
+        for k in TRAIN_CHOICES:
             d[k] = getattr(self, k).to_dict()
         return d
 
     @staticmethod
     def upgrade(d: dict) -> dict:
         """A training config dict as this version names its fields: records and checkpoints written before the
-        rename of ``steps`` to ``train_steps`` stay readable."""
+        rename of ``steps`` to ``train_steps`` stay readable, and a field added since (``TRAIN_ADDED``) gets the
+        value those models were trained with."""
         d = dict(d)
         for old, new in RENAMED.items():
             if old in d and new not in d:
                 d[new] = d.pop(old)
+        for name, first in TRAIN_ADDED.items():
+            d.setdefault(name, first)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Raises TypeError for a field this version does not know."""
         d = cls.upgrade(d)
-        for k in ("dataset", "network", "pairing"):
+        for k in TRAIN_CHOICES:
             d[k] = Choice.from_dict(d[k])
         return cls(**d)
 

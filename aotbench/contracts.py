@@ -1,11 +1,11 @@
 """Typed contracts of the plugin kinds, and the check every registered component passes.
 
 Each kind is a :class:`typing.Protocol` below: :class:`Pairing`, :class:`Sampler`, :class:`Guidance`,
-:class:`Dataset`, :class:`Network`, :class:`Metric` and :class:`Launcher`. A Protocol holds the *required* members,
-with the call signatures the engine uses; *optional* members, which the engine uses only when a component has them,
-are named in each Protocol's docstring, and those that are methods have a Protocol of their own (:class:`PoolCheck`,
-:class:`GuidancePrepare`, :class:`NetworkModule`, :class:`LauncherCheck`, :class:`LauncherDescribe`), so a type
-checker can hold a plugin to them too.
+:class:`Dataset`, :class:`Network`, :class:`Metric`, :class:`Schedule`, :class:`Objective` and :class:`Launcher`.
+A Protocol holds the *required* members, with the call signatures the engine uses; *optional* members, which the
+engine uses only when a component has them, are named in each Protocol's docstring, and those that are methods have a
+Protocol of their own (:class:`PoolCheck`, :class:`GuidancePrepare`, :class:`NetworkModule`, :class:`LauncherCheck`,
+:class:`LauncherDescribe`), so a type checker can hold a plugin to them too.
 
 Shapes: ``N``, ``P`` or ``B`` samples (a cell, a pool, a batch); ``*S`` the per-sample shape (``(2,)`` for 2-D sets,
 ``(C, H, W)`` for images). Data and samples are in [-1, 1]; noise is standard normal; sigma is EDM's noise level
@@ -304,6 +304,31 @@ class Schedule(Protocol):
         ...
 
 
+# ----------------------------------------------------------------------------------------------------- objective
+@runtime_checkable
+class Objective(Protocol):
+    """A training objective in EDM's σ-space (:mod:`aotbench.objective`): the registered object is a class, and
+    ``obj(**params)`` has these members. The constructor takes only keyword parameters with defaults and raises
+    ValueError for a value outside its domain (e.g. a distribution's scale <= 0), so a bad value is refused before
+    training. The engine trains D(x; σ) = c_skip x + c_out F(c_in x, c_noise) on λ(σ) ‖D(y + σ n; σ) − y‖² with σ
+    from ``sample_sigma`` (Karras et al. 2022, Eq. 2, 7 and 8).
+    """
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[n]`` float32 training noise levels, every one > 0 and finite, drawn from ``generator`` alone (never
+        from torch's global generator: the engine seeds ``generator`` by seed, rank and pool)."""
+        ...
+
+    def weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The loss weight λ(σ) > 0, shaped like ``sigma`` (``[B, 1, ..., 1]``, the data's dtype)."""
+        ...
+
+    def precond(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_skip, c_out, c_in, c_noise) for ``sigma`` ``[B, 1, ..., 1]`` float32 (> 0): the first three shaped
+        like ``sigma``, ``c_noise`` ``[B]`` (the network's noise-level input)."""
+        ...
+
+
 # ------------------------------------------------------------------------------------------------------ launcher
 @runtime_checkable
 class Launcher(Protocol):
@@ -387,6 +412,7 @@ CONTRACTS: dict[str, Contract] = {
     "network": Contract(Network, "factory", instance=NetworkModule, attributes={"list_shape": (tuple, list)}),
     "metric": Contract(Metric, "class"),
     "schedule": Contract(Schedule, "class", attributes={"uses_rho": (bool,)}),
+    "objective": Contract(Objective, "class"),
     "launcher": Contract(Launcher, "class", optional=(LauncherCheck, LauncherDescribe),
                          attributes={"on_this_machine": (bool,), "own_processes": (bool,),
                                      "signal_delay_s": (int, type(None)), "unlisted": (str, type(None))}),

@@ -1,69 +1,30 @@
-"""EDM (Karras et al. 2022) preconditioning, training loss and noise-level schedule.
+"""EDM's formulas (Karras et al. 2022): its training noise-level distribution and loss weight, its sampling
+schedule, and its training loop's EMA and learning-rate ramp.
 
 Notation follows the EDM paper: data y with per-coordinate std sigma_data, noise level sigma, noisy input
-x = y + sigma * n, and the denoiser D(x; sigma) that estimates y.
+x = y + sigma * n, and the denoiser D(x; sigma) that estimates y. EDM's training objective as a whole (these
+noise levels and weight plus its preconditioning) is the ``edm`` objective plugin (``plugins/objectives/edm.py``;
+:mod:`aotbench.objective`).
 """
 
 from __future__ import annotations
 
 
 import torch
-from torch import nn
 
 SIGMA_DATA = 0.5
 P_MEAN, P_STD = -1.2, 1.2
 
 
-def _bcast(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """[B] (or scalar) sigma viewed as [B, 1, ..., 1] to broadcast against x [B, *S]."""
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    if sigma.ndim == 0:
-        sigma = sigma.expand(x.shape[0])
-    return sigma.reshape(-1, *([1] * (x.ndim - 1)))
-
-
-class Precond(nn.Module):
-    """Wraps a raw network F into the EDM denoiser D(x; sigma) = c_skip x + c_out F(c_in x, c_noise).
-
-    c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1 / sqrt(sigma^2 + sd^2),
-    c_noise = ln(sigma) / 4 (EDM Table 1). ``num_classes`` is kept so that samplers can ask for the "no label" index.
-    """
-
-    def __init__(self, net: nn.Module, num_classes: int = 0, sigma_data: float = SIGMA_DATA):
-        super().__init__()
-        self.net, self.num_classes, self.sigma_data = net, num_classes, sigma_data
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None):
-        """D(x; σ) = c_skip x + c_out F(c_in x; c_noise) (EDM Eq. 7, Table 1): ``x`` [B, *S], ``sigma`` a float or
-        [B]; returns [B, *S] in float32."""
-        sigma = _bcast(sigma, x).to(torch.float32)
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sigma**2 + sd**2).sqrt()
-        c_noise = sigma.flatten().log() / 4
-        f = self.net((c_in * x).to(torch.float32), c_noise, class_labels, augment_labels)
-        return c_skip * x + c_out * f.to(torch.float32)
-
-
 def sample_sigma(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """Training noise levels: ln sigma ~ N(P_mean, P_std^2); shape [n]."""
+    """EDM's training noise levels (Karras et al. 2022, Table 1): ln sigma ~ N(P_mean, P_std^2); shape [n]."""
     return (torch.randn(n, generator=generator, device=device) * P_STD + P_MEAN).exp()
 
 
 def loss_weight(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
-    """lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2, which makes the effective target unit-variance."""
+    """EDM's loss weight (Karras et al. 2022, Eq. 8 and Table 1): lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2,
+    which makes the effective training target of F unit-variance; shaped like ``sigma``."""
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-
-
-def edm_loss(model: Precond, y, noise, sigma, class_labels=None, augment_labels=None) -> torch.Tensor:
-    """Per-sample EDM loss lambda(sigma) ||D(y + sigma n; sigma) - y||^2, summed over pixels; shape [B].
-
-    ``noise`` is the (paired) standard-normal noise for each sample, so the noisy input is y + sigma * noise.
-    """
-    s = _bcast(sigma, y)
-    denoised = model(y + s * noise, sigma, class_labels, augment_labels)
-    return (loss_weight(s) * (denoised - y) ** 2).flatten(1).sum(1)
 
 
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,

@@ -34,6 +34,7 @@ from . import edm, identity
 from .config import CellConfig
 from .data import Splits
 from .errors import UserError
+from .objective import Denoiser
 from .plugins import Registry
 from .progress import bar
 from .seeds import PerSampleNoise, per_sample
@@ -45,7 +46,7 @@ REFERENCE_STEPS, REFERENCE_RHO = 64, 7.0
 class NFECounter:
     """Calls the model and counts rows evaluated; ``nfe(n)`` is evaluations per sample."""
 
-    def __init__(self, model: edm.Precond):
+    def __init__(self, model: Denoiser):
         self.model, self.rows = model, 0
 
     def __call__(self, x, sigma, class_labels=None):
@@ -96,7 +97,7 @@ class GuidanceContext:
     cell: CellConfig
     cache_dir: Path
     device: torch.device
-    model: edm.Precond
+    model: Denoiser
     progress: bool = False
     #: extra per-row costs the guidance spends (e.g. discriminator evaluations), summed by the engine
     costs: dict = field(default_factory=dict)
@@ -111,7 +112,7 @@ def _range_seed(cell: CellConfig, seed_range: int) -> tuple:
     return (cell.sample_seed,) if seed_range == 0 else (cell.sample_seed, "range", seed_range)
 
 
-def class_labels(cell: CellConfig, splits: Splits, model: edm.Precond, seed_range: int = 0) -> torch.Tensor | None:
+def class_labels(cell: CellConfig, splits: Splits, model: Denoiser, seed_range: int = 0) -> torch.Tensor | None:
     """Mapped labels [n] for conditional sampling: the cell's fixed class, or one class per sample drawn from its own
     generator, in the train split's class proportions (``label_sampling="train"``) or uniformly."""
     if model.num_classes == 0:
@@ -131,7 +132,7 @@ def class_labels(cell: CellConfig, splits: Splits, model: edm.Precond, seed_rang
 class EvalContext:
     """One cell under evaluation; see the module docstring. ``memo`` is shared between cells of one model."""
 
-    def __init__(self, registry: Registry, cell: CellConfig, splits: Splits, model: edm.Precond, *,
+    def __init__(self, registry: Registry, cell: CellConfig, splits: Splits, model: Denoiser, *,
                  device="cpu", cache_dir: Path = Path("results/cache"), memo: dict | None = None,
                  batch: int = 2000, progress: bool = False, checkpoint: dict | None = None):
         self.registry, self.cell, self.splits, self.model = registry, cell, splits, model

@@ -113,7 +113,7 @@ def expand(registry: Registry, spec: dict[str, Any], *, fingerprints: dict[str, 
         if networks == [None]:
             raise UserError(f"dataset '{dataset.name}' names no default network; give --network")
         choice_lists = {kind: [resolve(registry, kind, v) for v in (local.get(kind) or registry.defaults(kind))]
-                        for kind in ("pairing", "sampler", "guidance", "schedule")}
+                        for kind in ("pairing", "objective", "sampler", "guidance", "schedule")}
         choice_lists["network"] = [resolve(registry, "network", n) for n in networks]
         for kind, values in choice_lists.items():
             if not values:
@@ -126,10 +126,10 @@ def expand(registry: Registry, spec: dict[str, Any], *, fingerprints: dict[str, 
             raise UserError(f"snapshots must be >= 1, got {min(n_snapshots)}")
         t_names, t_values = list(train_axes), list(train_axes.values())
         c_names, c_values = list(cell_axes), list(cell_axes.values())
-        for network, pairing, seed, mimg, *tv in itertools.product(choice_lists["network"], choice_lists["pairing"],
-                                                                   seeds, mimgs, *t_values):
+        for network, pairing, objective, seed, mimg, *tv in itertools.product(
+                choice_lists["network"], choice_lists["pairing"], choice_lists["objective"], seeds, mimgs, *t_values):
             tkw = {TRAIN_AXES[a][0]: v for a, v in zip(t_names, tv)}
-            train = TrainConfig(dataset=dataset, network=network, pairing=pairing, seed=seed,
+            train = TrainConfig(dataset=dataset, network=network, pairing=pairing, objective=objective, seed=seed,
                                 data_fingerprint=fingerprint, **tkw)
             if mimg is not None:  # a model is identified by its step count: 200 Mimg and 781,250 steps are one
                 train = dataclasses.replace(train, train_steps=steps_for_mimg(mimg, train.batch))

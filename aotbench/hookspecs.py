@@ -151,3 +151,24 @@ def register_schedules(register):
     (:class:`aotbench.contracts.Schedule`). ``rho`` is the cell's; a schedule that ignores it says so with
     ``uses_rho = False``. The default schedule (``karras``, EDM's ρ-schedule) is registered with ``default=True``.
     """
+
+
+@hookspec
+def register_objectives(register):
+    """Register training objectives: the noise levels, loss weight and preconditioning a model is trained with
+    (``--objective NAME``; contract: :class:`aotbench.contracts.Objective`), all in EDM's σ-space, so that the
+    trained model is a denoiser D(x; σ) that every sampler, guidance and metric uses unchanged
+    (:mod:`aotbench.objective`).
+
+    ``obj`` is a class; ``obj(**params)`` has:
+
+    - ``sample_sigma(n, generator=None) -> sigma``: ``[n]`` float32 training noise levels (> 0, finite), drawn from
+      ``generator`` only (the engine seeds it by seed, rank and pool);
+    - ``weight(sigma) -> lambda``: the loss weight λ(σ), shaped like ``sigma``; the engine trains on
+      λ(σ) ‖D(y + σ n; σ) − y‖², summed over coordinates;
+    - ``precond(sigma) -> (c_skip, c_out, c_in, c_noise)``: for ``sigma`` ``[B, 1, ..., 1]`` float32, the
+      coefficients of D(x; σ) = c_skip x + c_out F(c_in x, c_noise) (EDM Eq. 7), the first three broadcastable
+      against ``[B, *S]``, ``c_noise`` ``[B]`` (what the network plugins receive).
+
+    The objective is part of the model's identity. EDM's (``edm``) is registered with ``default=True``.
+    """

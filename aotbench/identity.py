@@ -1,7 +1,8 @@
 """Identity, in one place: what a trained model, an evaluated cell and every cache are keyed by.
 
-- A **model** is its training config plus a fingerprint of its data's content (:func:`data_fingerprint`), which
-  the config carries as ``data_fingerprint``: the same name over changed files is another model.
+- A **model** is its training config (the objective it was trained with included) plus a fingerprint of its data's
+  content (:func:`data_fingerprint`), which the config carries as ``data_fingerprint``: the same name over changed
+  files is another model.
 - A **cell** is its model plus its sampling config (sampler, schedule, guidance, sample count and seed, labels).
   The metrics computed on a cell are outputs, not identity: asking for another metric adds it to the cell's record.
 - Every cache derives its key from these: the model checkpoint (:func:`model_key`), the record (:func:`cell_key`),
@@ -47,9 +48,10 @@ def data_fingerprint(splits) -> str:
 
 
 def model_key(train) -> str:
-    """Key of a trained model: its training config (dataset choice, data fingerprint, network, pairing, budget).
-    Renamed fields hash under their first names (``config.RENAMED``): a name is not a value. A field added since
-    models were first trained is left out at the value that trains them (``config.TRAIN_ADDED``)."""
+    """Key of a trained model: its training config (dataset choice, data fingerprint, network, pairing, objective,
+    budget). Renamed fields hash under their first names (``config.RENAMED``): a name is not a value. A field added
+    since models were first trained is left out at the value that reproduces them (``config.TRAIN_ADDED``): existing
+    keys stay valid."""
     from .config import RENAMED, TRAIN_ADDED
 
     d = train.to_dict()

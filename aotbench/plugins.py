@@ -50,6 +50,7 @@ KINDS = {
     "metric": "register_metrics",
     "launcher": "register_launchers",
     "schedule": "register_schedules",
+    "objective": "register_objectives",
 }
 
 # Arguments that belong to a component's interface, not to its user-settable parameters.

@@ -160,11 +160,12 @@ def _nfe_ticks(ax, values) -> None:
 
 
 def _series(d: pd.DataFrame) -> pd.Series:
-    """A line's label: the pairing plus every other model setting that varies in ``d`` (a pool ablation's lines)."""
-    extra = _varying(d, [c for c in model_columns() if c not in ("dataset", "pairing", "conditional")])
+    """A model setting's label: the pairing plus every other model setting that varies within its dataset in ``d``
+    (the objective, a pool ablation's pool), so that two models of one pairing never share a line, bar or figure."""
     label = d["pairing"].astype(str)
-    for c in extra:
-        label = label + f" {c}=" + d[c].astype(str)
+    for _, g in d.groupby("dataset", sort=False):
+        for c in _varying(g, [c for c in model_columns() if c not in ("dataset", "pairing", "conditional")]):
+            label.loc[g.index] = label.loc[g.index] + f" {c}=" + g[c].astype(str)
     return label
 
 
@@ -187,7 +188,7 @@ def _lines_vs_nfe(cells: pd.DataFrame, metric: str, out: Path, name: str, ylabel
     colours = {p: palette(i % palette.N) for i, p in enumerate(names)}
     for ds in sub["dataset"].unique() if len(sub) else []:
         d = sub[sub.dataset == ds]
-        sampling = [c for c in group_columns(d) if c not in model_columns() and c != "steps"]
+        sampling = [c for c in group_columns(d) if c not in model_columns() and c not in ("steps", "_series")]
         panel_cols = ["sampler", "rho", "guidance", "conditional"] + [
             c for c in _varying(d, sampling) if c not in ("sampler", "rho", "guidance")]
         panel_cols = [c for c in dict.fromkeys(panel_cols) if c in d.columns]
@@ -258,9 +259,10 @@ def _artifact(folder: Path, rec: dict) -> dict | None:
         return {k: z[k] for k in z.files}
 
 
-def _pick(df: pd.DataFrame, records: dict, folder: Path, dataset: str, pairing: str, key: str):
-    """The artifact `key` of the seed-0, unguided, highest-NFE cell of one pairing (or None)."""
-    d = df[(df.dataset == dataset) & (df.pairing == pairing) & (df.seed == df.seed.min())]
+def _pick(df: pd.DataFrame, records: dict, folder: Path, dataset: str, series: str, key: str):
+    """The artifact `key` of the seed-0, unguided, highest-NFE cell of one model setting (a :func:`_series` label,
+    column ``_series`` of ``df``) (or None)."""
+    d = df[(df.dataset == dataset) & (df["_series"] == series) & (df.seed == df.seed.min())]
     if "guidance" in d:
         d = d[d.guidance == "none"]
     for _, row in d.sort_values("nfe", ascending=False).iterrows():
@@ -270,22 +272,24 @@ def _pick(df: pd.DataFrame, records: dict, folder: Path, dataset: str, pairing: 
     return None
 
 
-def _two_pairings(df: pd.DataFrame, dataset: str) -> list[str]:
-    """Which pairings to show side by side: the registered defaults if present (none vs aot), else the first two."""
+def _two_series(df: pd.DataFrame, dataset: str) -> list[str]:
+    """Which model settings to show side by side: those of the registered default pairings if present (none vs
+    aot), else the first two."""
     from .plugins import get_registry
 
-    present = list(dict.fromkeys(df[df.dataset == dataset].pairing))
+    d = df[df.dataset == dataset]
+    present = list(dict.fromkeys(d["_series"]))
     try:
-        preferred = [p for p in get_registry().defaults("pairing") if p in present]
+        defaults = get_registry().defaults("pairing")
     except UserError:
-        preferred = []
-    ordered = sorted(preferred, key=present.index) + [p for p in present if p not in preferred]
-    return ordered[:2]
+        defaults = []
+    preferred = [s for s in present if d.pairing[d["_series"] == s].iloc[0] in defaults]
+    return (preferred + [s for s in present if s not in preferred])[:2]
 
 
 def _side_by_side(df, records, folder, dataset: str, key: str, ndim: int) -> list[tuple[str, dict]]:
-    """(pairing, artifacts) of the two pairings to compare, where artifact ``key`` exists with ``ndim`` axes."""
-    arts = [(p, _pick(df, records, folder, dataset, p, key)) for p in _two_pairings(df, dataset)]
+    """(model setting, artifacts) of the two to compare, where artifact ``key`` exists with ``ndim`` axes."""
+    arts = [(p, _pick(df, records, folder, dataset, p, key)) for p in _two_series(df, dataset)]
     return [(p, a) for p, a in arts if a is not None and a[key].ndim == ndim]
 
 
@@ -348,7 +352,7 @@ def _sample_grids(df, records, folder, out) -> list[Path]:
     plt = _plt()
     written = []
     for ds in df.dataset.unique():
-        for p in df[df.dataset == ds].pairing.unique():
+        for p in df[df.dataset == ds]["_series"].unique():
             a = _pick(df, records, folder, ds, p, "samples")
             if a is None:
                 continue
@@ -370,7 +374,7 @@ def _sample_grids(df, records, folder, out) -> list[Path]:
                 plt.close(fig)
                 continue
             fig.suptitle(f"{ds}: samples, pairing {p}", fontsize=9)
-            path = out / f"samples_{ds}_{p.replace(':', '_').replace('=', '-')}.png"
+            path = out / f"samples_{ds}_{p.replace(':', '_').replace('=', '-').replace(' ', '_')}.png"
             _save(fig, path)
             written.append(path)
     return written
@@ -505,6 +509,7 @@ def report(folder: Path, out: Path | None = None, nfe: list[float] | None = None
             "The fewest training images (over the snapshots) whose mean FD over seeds is at most the target; the "
             "target is the first line's final FD unless `--fd-target` is given.", "",
             _drop_constant(shown, keep=("dataset", "line", "nfe", "images")).to_markdown(index=False), ""]))
+    df = df.assign(_series=_series(df))  # after the tables: a label for figures, not a column
     figures = (_lines_vs_nfe(tables["cells"], "fd", out, "fd_vs_nfe", "FD")
                + _lines_vs_train_img(eff, "fd", out, "FD")
                + _lines_vs_nfe(tables["cells"], "fid", out, "fid_vs_nfe", "FID")

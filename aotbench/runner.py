@@ -128,8 +128,8 @@ def run_cells(registry: Registry, cells: list[CellConfig], results: Path, experi
         group = groups[key]
         if opts.progress and len(groups) > 1:
             t = group[0].train
-            log(f"[model {i + 1}/{len(groups)}] {t.dataset.name} pairing={t.pairing.label()} seed={t.seed} "
-                f"train_steps={t.train_steps} ({key})")
+            log(f"[model {i + 1}/{len(groups)}] {t.dataset.name} pairing={t.pairing.label()} "
+                f"objective={t.objective.label()} seed={t.seed} train_steps={t.train_steps} ({key})")
         for rec in run_model(registry, group, ws, experiment, opts, log, rides.get(key)):
             out[rec["cell_key"]] = rec
     return [out[c.key] for c in cells], todo

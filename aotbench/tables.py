@@ -81,7 +81,7 @@ def records_frame(records: list[dict], registry=None) -> pd.DataFrame:
     shows every varying parameter)."""
     if not records:
         return pd.DataFrame()
-    from .config import ADDED, TrainConfig
+    from .config import ADDED, TRAIN_CHOICES, TrainConfig
 
     train_fields, cell_fields = _config_fields()
     rows = []
@@ -99,8 +99,10 @@ def records_frame(records: list[dict], registry=None) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows)
     for col in CHOICE_COLS:
-        where = "train" if col in ("dataset", "network", "pairing") else None
-        dicts = [(r["config"]["train"] if where else r["config"]).get(col, ADDED.get(col)) for r in records]
+        if col in TRAIN_CHOICES:
+            dicts = [TrainConfig.upgrade(r["config"]["train"]).get(col) for r in records]
+        else:
+            dicts = [r["config"].get(col, ADDED.get(col)) for r in records]
         df[col] = _choice_labels(dicts, _defaults_of(registry, col) if registry else None)
     return df
 

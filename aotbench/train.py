@@ -2,11 +2,13 @@
 
 :func:`train_model` follows EDM's ``training/training_loop.py`` (Karras, Aittala, Aila, Laine, "Elucidating the
 Design Space of Diffusion-Based Generative Models", NeurIPS 2022) paragraph by paragraph: accumulate gradients, update
-weights, update EMA, save the training state, check for abort. The loss is EDM's (``training/loss.py``, ``EDMLoss``;
-:func:`aotbench.edm.edm_loss`). What differs is where a batch comes from, Approximated Optimal Transport (AOT; Kim,
-Choi, Shin, Hwang, Yoon, arXiv 2403.05069): each rank draws a pool of P samples and P standard-normal noises, pairs
-them once with the pairing plugin, and consumes the pool in P/b optimizer steps (b = per-rank batch), drawing each
-sample's sigma after pairing. Pools are paired ahead in a background worker (:func:`aotbench.pool.iter_pools`).
+weights, update EMA, save the training state, check for abort. The loss is EDM's weighted denoising loss
+(``training/loss.py``, ``EDMLoss``; :func:`aotbench.objective.denoising_loss`) with the noise levels, weight and
+preconditioning of the model's objective plugin (EDM's own by default; flow matching is another). What differs is
+where a batch comes from, Approximated Optimal Transport (AOT; Kim, Choi, Shin, Hwang, Yoon, arXiv 2403.05069): each
+rank draws a pool of P samples and P standard-normal noises, pairs them once with the pairing plugin, and consumes
+the pool in P/b optimizer steps (b = per-rank batch), drawing each sample's sigma after pairing. Pools are paired
+ahead in a background worker (:func:`aotbench.pool.iter_pools`).
 
 Every random draw is seeded by its coordinates (seed, rank, pool or step), so the position in the data and every
 random state follow from the step counter; the checkpoint (:class:`TrainState`) holds the model, EMA, optimizer and
@@ -35,6 +37,7 @@ from .config import TrainConfig
 from .data import Splits
 from .datasets import check_bound, load_splits
 from .errors import UserError
+from .objective import Denoiser, denoising_loss
 from .plugins import Registry
 from .pool import (KS_SAMPLES, Pool, PoolSource, RankPools, add_stats, coupling_summary, is_stateful,
                    iter_pools)
@@ -87,13 +90,15 @@ class TrainOptions:
     snapshots: dict[int, Path] = field(default_factory=dict)
 
 
-def build_model(registry: Registry, cfg: TrainConfig, splits: Splits) -> edm.Precond:
-    """The denoiser of ``cfg``, freshly initialized: the network plugin wrapped in EDM's preconditioning.
+def build_model(registry: Registry, cfg: TrainConfig, splits: Splits) -> Denoiser:
+    """The denoiser of ``cfg``, freshly initialized: the network plugin wrapped in the preconditioning of the
+    objective plugin ``cfg.objective``.
 
     The network takes samples of shape ``splits.shape`` ([C, H, W] images, [D] points) and, for a conditional
     model, ``splits.num_classes`` classes (index ``num_classes`` is "no label", for label dropout); its weights are
-    drawn under the seed ``derive("init", cfg.seed)`` without moving the global RNG. Preconditioning is EDM's Table 1
-    (``training/networks.py``, ``EDMPrecond``; :class:`aotbench.edm.Precond`). On the CPU, in train mode.
+    drawn under the seed ``derive("init", cfg.seed)`` without moving the global RNG. The preconditioning is the
+    objective's (:class:`aotbench.objective.Denoiser`; EDM's Table 1, ``training/networks.py`` ``EDMPrecond``, for
+    ``edm``). On the CPU, in train mode.
 
     Raises :class:`UserError` for a conditional model on data without labels, and for a network that refuses the
     data's shape (its ``ValueError`` or ``TypeError``).
@@ -108,7 +113,8 @@ def build_model(registry: Registry, cfg: TrainConfig, splits: Splits) -> edm.Pre
             net = comp.obj(splits.shape, num_classes, **cfg.network.kwargs)
     except (ValueError, TypeError) as err:
         raise UserError(f"network '{cfg.network.name}' cannot take data of shape {splits.shape}: {err}") from None
-    return edm.Precond(net, num_classes=num_classes)
+    objective = registry.get("objective", cfg.objective.name).build(**cfg.objective.kwargs)
+    return Denoiser(net, objective, num_classes=num_classes)
 
 
 def _set_tf32(device: torch.device, precision: str) -> None:
@@ -128,13 +134,13 @@ class TrainState:
     seeded by (seed, rank, k or s) (:mod:`aotbench.seeds`). fp16's loss scale is not kept either, so an fp16 run
     resumes with the initial scale.
 
-    - ``model``, ``ema``: :class:`aotbench.edm.Precond` on the training device; ``ema`` in eval mode, no grad;
+    - ``model``, ``ema``: :class:`aotbench.objective.Denoiser` on the training device; ``ema`` in eval mode, no grad;
     - ``opt``: Adam over ``model``'s parameters;
     - ``step``: optimizer steps taken (``step * cfg.batch`` images seen);
     - ``timing``: seconds, keyed by :data:`TIMINGS`: wall time inside the training loop across resumes, time
       inside the pairing (wherever it ran), time the trainer waited for a paired pool;
-    - ``history``: ``(step, loss)`` pairs, the loss being EDM's per-sample loss averaged over the global batch and
-      over the steps since the previous pair (or since the run was resumed: the window is not kept);
+    - ``history``: ``(step, loss)`` pairs, the loss being the objective's per-sample loss averaged over the global
+      batch and over the steps since the previous pair (or since the run was resumed: the window is not kept);
     - ``coupling``: per rank, the summed coupling statistics of every pool it trained on so far
       (:func:`aotbench.pool.add_stats`), None before the first (:func:`coupling_diagnostics` sums the ranks);
     - ``pairing_state``: a stateful pairing's state per rank, as it must be to pair the pool that holds ``step``
@@ -142,8 +148,8 @@ class TrainState:
     """
 
     cfg: TrainConfig
-    model: edm.Precond
-    ema: edm.Precond
+    model: Denoiser
+    ema: Denoiser
     opt: torch.optim.Optimizer
     step: int = 0
     timing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
@@ -152,7 +158,7 @@ class TrainState:
     pairing_state: dict[int, dict] | None = None
 
     @classmethod
-    def fresh(cls, cfg: TrainConfig, model: edm.Precond) -> TrainState:
+    def fresh(cls, cfg: TrainConfig, model: Denoiser) -> TrainState:
         """Step 0 of ``model``: its EMA a copy of it, and Adam at ``cfg.lr`` with EDM's betas (0.9, 0.999) and
         eps 1e-8 (EDM's ``train.py`` optimizer settings)."""
         ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -293,16 +299,17 @@ def _pool_stream(registry: Registry, cfg: TrainConfig, splits: Splits, ranks: li
     return iter_pools(RankPools(sources, ranks, cfg.global_pool), first, last, workers, opts.pair_threads, context)
 
 
-def _next_pools(stream: Iterator[dict[int, Pool]], k: int, cfg: TrainConfig,
+def _next_pools(stream: Iterator[dict[int, Pool]], k: int, cfg: TrainConfig, objective,
                 timing: dict[str, float]) -> tuple[dict[int, Pool], dict[int, torch.Tensor]]:
-    """Pool ``k`` of every rank, and its training noise levels ([cfg.pool] sigmas, EDM's log-normal, drawn after
-    pairing from a generator seeded by (seed, rank, k)); adds the pairing and waiting time to ``timing``."""
+    """Pool ``k`` of every rank, and its training noise levels ([cfg.pool] sigmas from the ``objective``'s
+    distribution, EDM's log-normal by default, drawn after pairing from a generator seeded by (seed, rank, k));
+    adds the pairing and waiting time to ``timing``."""
     t_wait = time.perf_counter()
     pools = next(stream)
     sigmas = {}
     for r, pool in pools.items():
         assert pool.k == k
-        sigmas[r] = edm.sample_sigma(cfg.pool, generator("sigma", cfg.seed, r, k))
+        sigmas[r] = objective.sample_sigma(cfg.pool, generator("sigma", cfg.seed, r, k))
         timing["pair_seconds"] += pool.pair_seconds
     timing["pair_wait_seconds"] += time.perf_counter() - t_wait
     return pools, sigmas
@@ -345,9 +352,10 @@ def _accumulate_gradients(net: torch.nn.Module, state: TrainState, scaler: torch
     """EDM's "Accumulate gradients" for batch ``j`` of every rank's pool, in ``cfg.grad_accum`` rounds per rank.
 
     ``net`` is the model, or its DDP wrapper (which then all-reduces the gradients in each rank's last round only).
-    Each rank's dropout and label dropout are seeded by (seed, rank, step). The loss of each round is EDM's
-    (:func:`aotbench.edm.edm_loss`) averaged over the round's samples and divided by rounds x ranks, so the gradients
-    and the returned float are those of the mean loss over the global batch.
+    Each rank's dropout and label dropout are seeded by (seed, rank, step). The loss of each round is the
+    objective's weighted denoising loss (:func:`aotbench.objective.denoising_loss`) averaged over the round's samples
+    and divided by rounds x ranks, so the gradients and the returned float are those of the mean loss over the global
+    batch.
     """
     cfg = state.cfg
     b, rounds = cfg.rank_batch, cfg.grad_accum
@@ -363,7 +371,7 @@ def _accumulate_gradients(net: torch.nn.Module, state: TrainState, scaler: torch
             args = [None if t is None else t[a * m:(a + 1) * m].to(device) for t in tensors]
             no_sync = net.no_sync() if distributed and a < rounds - 1 else contextlib.nullcontext()
             with no_sync, _autocast(device, cfg.precision):
-                loss = edm.edm_loss(net, *args).mean() / (rounds * len(pools))
+                loss = denoising_loss(net, state.model.objective, *args).mean() / (rounds * len(pools))
             scaler.scale(loss).backward()
             step_loss += float(loss.detach())
     return step_loss
@@ -483,7 +491,7 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
             # resuming mid-pool.
             k, j = divmod(state.step, cfg.steps_per_pool)
             if j == 0 or not pools:
-                pools, sigmas = _next_pools(stream, k, cfg, state.timing)
+                pools, sigmas = _next_pools(stream, k, cfg, state.model.objective, state.timing)
                 if j == 0:
                     _take_pools(state, pools)
 
@@ -537,7 +545,7 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
     return load_checkpoint(path, CKPT_FORMAT)
 
 
-def load_ema(registry: Registry, cfg: TrainConfig, ckpt: dict, device="cpu") -> edm.Precond:
+def load_ema(registry: Registry, cfg: TrainConfig, ckpt: dict, device="cpu") -> Denoiser:
     """The EMA denoiser D(x; sigma) of a checkpoint of ``cfg`` (the dict :func:`train_model` returns), on
     ``device``, in eval mode without gradients: what every sampler and metric evaluates (EDM samples its EMA).
 

@@ -15,7 +15,7 @@ def resolve_train_config(registry, text: str, results: Path):
     """A TrainConfig from ``--config``: a JSON file holding a TrainConfig (plugin choices as ``"name:k=v"`` strings
     or tables, defaults filled in), a cell config (its ``train``) or a record (its ``config.train``); or a key: a
     train key with a checkpoint in RESULTS/models, or a cell key with a record in RESULTS/*/cells."""
-    from .config import TrainConfig, resolve
+    from .config import TRAIN_CHOICES, TrainConfig, resolve
     from .storage import load_checkpoint, read_json
 
     path = Path(text)
@@ -44,7 +44,7 @@ def resolve_train_config(registry, text: str, results: Path):
 
         for field, value in dataset_train_defaults(registry, resolve(registry, "dataset", d["dataset"])).items():
             d.setdefault(field, value)
-    for kind in ("dataset", "network", "pairing"):
+    for kind in TRAIN_CHOICES:
         if d.get(kind) is None:
             raise UserError(f"--config {text}: the training config has no {kind!r}")
         d[kind] = resolve(registry, kind, d[kind]).to_dict()

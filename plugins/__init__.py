@@ -1,7 +1,7 @@
 """aotbench's built-in strategies, installed as the ``aotbench_plugins`` package.
 
 Each module is registered with the plugin manager exactly like a third-party plugin; none is imported by the core
-except through this list. A new pairing, sampler or guidance method is one more file here and one more line below.
+except through this list. A new pairing, sampler, guidance method or objective is one more file here and one more line below.
 """
 
 BUILTINS = [
@@ -46,6 +46,9 @@ BUILTINS = [
     "schedules.karras",
     "schedules.logsnr",
     "schedules.time_uniform",
+    "schedules.flow_uniform",
+    "objectives.edm",
+    "objectives.rectified_flow",
     "launchers.local",
     "launchers.debug",
     "launchers.slurm",

@@ -31,6 +31,8 @@ def tiny_train(registry, **kw) -> TrainConfig:
     """A 2-D training config that runs in about a second."""
     base = dict(dataset="moons", network="mlp:width=64:depth=2", pairing="aot", seed=0, train_steps=60, batch=64, pool=256)
     base.update(kw)
+    if "objective" in base:
+        base["objective"] = resolve(registry, "objective", base["objective"])
     return bind_data(registry, TrainConfig(dataset=resolve(registry, "dataset", base.pop("dataset")),
                                            network=resolve(registry, "network", base.pop("network")),
                                            pairing=resolve(registry, "pairing", base.pop("pairing")), **base))

@@ -22,12 +22,12 @@ SECOND = {"train_steps": 7, "batch": 32, "pool": 64, "ranks": 2, "global_pool": 
           "augment_p": 0.5, "grad_accum": 2, "precision": "bf16", "steps": 3, "rho": 5.0, "sigma_min": 0.01,
           "sigma_max": 40.0, "n_samples": 10, "label": 1, "label_sampling": "uniform"}
 CHOICES = {"dataset": "moons", "network": "mlp:width=16:depth=1", "pairing": "aot", "sampler": "heun",
-           "guidance": "cfg", "schedule": "karras"}
+           "guidance": "cfg", "schedule": "karras", "objective": "rectified-flow"}
 
 
 def test_every_config_field_a_grid_can_vary_is_an_axis():
-    train = {f.name for f in dataclasses.fields(TrainConfig)} - {"dataset", "network", "pairing", "seed",
-                                                                   "data_fingerprint"}
+    train = {f.name for f in dataclasses.fields(TrainConfig)} - {"dataset", "network", "pairing", "objective",
+                                                                   "seed", "data_fingerprint"}
     cell = {f.name for f in dataclasses.fields(CellConfig)} - {"train", "sampler", "guidance", "schedule",
                                                                  "sample_seed", "metrics"}
     assert set(axes("train")) == train and set(axes("cell")) == cell

@@ -35,7 +35,7 @@ DIST = "aotbench-doc-examples"
 #: the hooks whose examples this file runs end to end, and what each registers (the names the run below uses)
 NAMES = {"register_pairings": "sliced", "register_samplers": "midpoint", "register_guidance": "cfg-interval",
          "register_datasets": "rings", "register_networks": "film-mlp", "register_metrics": "nearest",
-         "register_launchers": "subprocesses", "register_schedules": "linear"}
+         "register_launchers": "subprocesses", "register_schedules": "linear", "register_objectives": "eps"}
 STEPS, N_SAMPLES = 4, 60
 
 
@@ -207,6 +207,35 @@ def test_schedule_example_is_uniform_in_sigma_and_a_run_samples_on_it(examples, 
     records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "cells").glob("*.json")]
     fd = {r["config"]["schedule"]["name"]: r["metrics"]["fd"] for r in records}
     assert set(fd) == {"karras", "linear"} and fd["karras"] != fd["linear"]
+
+
+def test_objective_example_trains_on_the_noise_prediction_loss_and_a_run_trains_with_it(examples, site, tmp_path):
+    from aotbench.objective import Denoiser, denoising_loss
+
+    class Raw(torch.nn.Module):  # a raw network F(x, c_noise) that ignores the noise level
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, x, c_noise, class_labels=None, augment_labels=None):
+            return self.lin(x)
+
+    eps, net = examples["register_objectives"][1]["EpsPrediction"](), Raw()
+    g = torch.Generator().manual_seed(0)
+    y, noise, sigma = torch.randn(64, 3, generator=g), torch.randn(64, 3, generator=g), eps.sample_sigma(64, g)
+    with torch.no_grad():
+        c_in = 1 / (sigma[:, None] ** 2 + 0.25).sqrt()
+        textbook = ((net(c_in * (y + sigma[:, None] * noise), None) - noise) ** 2).sum(1)  # ||F - n||^2
+        loss = denoising_loss(Denoiser(net, eps), eps, y, noise, sigma)
+    assert torch.allclose(loss, textbook, rtol=1e-4, atol=1e-6)
+    out = run_cli("run", "--dataset", "moons", "--network", "mlp:width=16:depth=1", "--pairing", "none",
+                  "--objective", "edm,eps", "--sampler", "euler", "--steps", "4", "--train-steps", "20",
+                  "--batch", "32", "--pool", "64", "--n-samples", "40", "--metrics", "nfe,fd", "--results",
+                  str(tmp_path), "--quiet", env=site)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "cells").glob("*.json")]
+    keys = {r["config"]["train"]["objective"]["name"]: r["train_key"] for r in records}
+    assert set(keys) == {"edm", "eps"} and keys["edm"] != keys["eps"]
 
 
 LAUNCHER_SPEC = """experiment = "{name}"

@@ -11,7 +11,7 @@ import pytest
 from aotbench.config import CellConfig, resolve
 from aotbench.errors import UserError
 from aotbench.records import Workspace, write_record
-from aotbench.report import report
+from aotbench.report import _series, report
 from aotbench.storage import atomic_write_bytes
 from conftest import run_cli, tiny_train
 
@@ -88,3 +88,13 @@ def test_guided_cells_name_only_non_default_parameters_and_leave_model_curvature
     assert list(dict.fromkeys(cells.guidance)) == ["none", "dg", "dg:w=0.5"]  # unguided first; defaults not named
     models = pd.read_csv(tmp_path / "exp" / "models.csv")
     assert models.set_index("pairing").curvature["aot"] == pytest.approx(np.mean(CURV["aot"]))
+
+
+def test_two_objectives_of_one_pairing_never_share_a_line_a_bar_or_a_sample_grid():
+    """Figures label a model by its pairing plus whatever model setting varies within its dataset; a setting that
+    varies only between datasets (their networks) labels nothing."""
+    df = pd.DataFrame({"dataset": ["moons"] * 4 + ["digits"] * 2, "pairing": ["none", "none", "aot", "aot"]
+                       + ["none", "aot"], "objective": ["edm", "rectified-flow"] * 2 + ["edm", "edm"],
+                       "network": ["mlp"] * 4 + ["unet"] * 2, "conditional": False})
+    assert list(_series(df)) == ["none objective=edm", "none objective=rectified-flow", "aot objective=edm",
+                                 "aot objective=rectified-flow", "none", "aot"]

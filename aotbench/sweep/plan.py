@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..config import Choice
 from ..errors import UserError
 from .ledger import JobRecord
 from ..snapshots import riders
@@ -205,7 +206,8 @@ def _model_label(registry, cfg) -> str:
             return choice.label()
 
     shown = ("dataset", "network", "pairing", "seed", "train_steps", "ranks", "data_fingerprint")
-    other = [f"{f.name}={getattr(cfg, f.name):g}" if isinstance(getattr(cfg, f.name), float)
+    other = [f"{f.name}={short(f.name, getattr(cfg, f.name))}" if isinstance(getattr(cfg, f.name), Choice)
+             else f"{f.name}={getattr(cfg, f.name):g}" if isinstance(getattr(cfg, f.name), float)
              else f"{f.name}={getattr(cfg, f.name)}" for f in fields(cfg)
              if f.name not in shown and getattr(cfg, f.name) != f.default]
     return " ".join([f"{short('dataset', cfg.dataset)} {short('network', cfg.network)}",
