@@ -45,8 +45,8 @@ COV_COORDS = 64
 @dataclass
 class Pool:
     """One paired pool. ``y`` [P, *S] data, ``noise`` [M, *S] (M >= P), ``perm`` [P] injective into range(M):
-    noise[perm[i]] goes with y[i]. ``noise[own + i]`` is the noise drawn for item i (what independent pairing
-    would use). ``stats``: :func:`coupling_stats` of the pool. ``state_before`` / ``state_after``: a stateful
+    noise[perm[i]] goes with y[i]. ``noise[own + i]`` is the noise the engine drew for item i (what independent
+    pairing would use), unless the pairing returned noise of its own. ``stats``: :func:`coupling_stats` of the pool. ``state_before`` / ``state_after``: a stateful
     pairing's state before and after pairing this pool (None otherwise)."""
 
     k: int
@@ -130,18 +130,21 @@ def call_pairing(pairing, who: str, y: torch.Tensor, noise: torch.Tensor, labels
     return check_injection(perm, y.shape[0], noise.shape[0], who), noise, seconds
 
 
-def coupling_stats(y: torch.Tensor, noise: torch.Tensor, perm: torch.Tensor, own: int, ks_rows: int) -> dict:
-    """The sums one pool adds to the model's coupling diagnostics (all float64, on the CPU):
+def coupling_stats(y: torch.Tensor, used: torch.Tensor, fresh: torch.Tensor, ks_rows: int) -> dict:
+    """The sums one pool adds to the model's coupling diagnostics (all float64, on the CPU), from its data ``y``
+    [P, *S], the noise each item trained with ``used`` [P, *S] (``noise[perm]``) and ``fresh`` [P, *S], the noise
+    the engine drew for each item (what independent pairing trains with; for a pairing with its own noise, not that
+    noise, so its cost is measured against the same baseline as every other pairing's):
 
-    ``paired`` / ``independent``: sum over items of ||y_i - noise[perm[i]]|| and of ||y_i - noise[own + i]||
-    (L2, the paper's cost); ``n``: items; ``sq_norms``: ||noise[perm[i]]||^2 of the first ``ks_rows`` items (pool
-    rows are in random order, so they are a random sample of the used noise); ``noise_sum`` [d] and ``cov_sum``
-    [c, c]: sum of the used noise and of its outer products over :data:`COV_COORDS` evenly spaced coordinates.
+    ``paired`` / ``independent``: sum over items of ||y_i - used_i|| and of ||y_i - fresh_i|| (L2, the paper's
+    cost); ``n``: items; ``sq_norms``: ||used_i||^2 of the first ``ks_rows`` items (pool rows are in random order,
+    so they are a random sample of the used noise); ``noise_sum`` [d] and ``cov_sum`` [c, c]: sum of the used noise
+    and of its outer products over :data:`COV_COORDS` evenly spaced coordinates.
     """
     p = y.shape[0]
     yf = y.reshape(p, -1).double()
-    used = noise[perm].reshape(p, -1).double()
-    mine = noise[own:own + p].reshape(p, -1).double()
+    used = used.reshape(p, -1).double()
+    mine = fresh.reshape(p, -1).double()
     cols = cov_coords(yf.shape[1])
     sub = used[:, cols]
     return {"paired": float((yf - used).norm(dim=1).sum()), "independent": float((yf - mine).norm(dim=1).sum()),
@@ -235,8 +238,8 @@ class PoolSource(Dataset):
                                             d["index"])
         after = copy.deepcopy(self.pairing.state_dict()) if before is not None else None
         return Pool(k, d["index"], d["y"], d["labels"], noise, perm, d["augment_labels"], seconds,
-                    stats=coupling_stats(d["y"], noise, perm, 0, self.ks_rows), state_before=before,
-                    state_after=after)
+                    stats=coupling_stats(d["y"], noise[perm], d["noise"][:len(perm)], self.ks_rows),
+                    state_before=before, state_after=after)
 
 
 class RankPools(Dataset):
@@ -274,7 +277,7 @@ class RankPools(Dataset):
             d, sl = drawn[i], slice(i * p, (i + 1) * p)
             out[r] = Pool(k, d["index"], d["y"], d["labels"], noise, perm[sl], d["augment_labels"],
                           seconds if not out else 0.0, own=i * f * p,
-                          stats=coupling_stats(d["y"], noise, perm[sl], i * f * p, first.ks_rows))
+                          stats=coupling_stats(d["y"], noise[perm[sl]], d["noise"][:p], first.ks_rows))
         return out
 
 

@@ -97,6 +97,18 @@ def test_loom_seeds_stay_distinct_even_when_a_pool_holds_an_item_twice(registry)
         check_injection(pool.perm, 32, 32, "loom")
 
 
+def test_loom_cost_ratio_is_measured_against_fresh_noise_not_its_own_cache(registry):
+    """Once an item's cached noise is the one it was paired with, pairing it again costs nothing more; the ratio
+    must still compare with independent pairing of the engine's fresh noise, as for every other pairing."""
+    loom = registry.get("pairing", "loom").build(caches=1)
+    loom.start(64, seed=5)
+    src = PoolSource(torch.rand(64, 2) * 2 - 1, None, 64, 0, 0, loom, "loom")
+    later = [src[k] for k in range(6)][-1]  # the sixth epoch: caches long settled
+    fresh = src.draw(5)["noise"]
+    assert later.stats["independent"] == pytest.approx(float((later.y.double() - fresh.double()).norm(dim=1).sum()))
+    assert later.stats["paired"] < 0.8 * later.stats["independent"]
+
+
 def test_loom_refuses_a_state_written_for_another_dataset_size(registry):
     loom = registry.get("pairing", "loom").build()
     loom.start(100, seed=0)
@@ -218,7 +230,7 @@ def test_a_global_pool_over_the_memory_budget_is_refused_in_one_line(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- diagnostics
 def _stats(y, noise, perm, rows=10_000):
-    return coupling_summary(coupling_stats(y, noise, perm, 0, rows))
+    return coupling_summary(coupling_stats(y, noise[perm], noise[:y.shape[0]], rows))
 
 
 def test_independent_pairing_has_cost_ratio_1_and_aot_never_exceeds_it(registry):
