@@ -26,7 +26,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .assignment import total_cost
 from .errors import UserError
 from .plugins import Registry
 
@@ -41,20 +40,37 @@ def bench_pairing(registry: Registry, pools: list[int], dim: int, repeats: int =
                   strategies: list[str] | None = None, progress=print) -> pd.DataFrame:
     """One row per (strategy, pool); see the module docstring. ``strategies`` are pairing names (default: every
     registered pairing, each with its default parameters)."""
+    from .config import resolve
+    from .pool import call_pairing, is_stateful, noise_factor
+
+    check_positive("--repeats", [repeats])
     names = strategies or registry.names("pairing")
     rows = []
     for n in pools:
         data, noise = pool_data(n, dim)
         optimum = None
         for name in names:
-            inst = registry.get("pairing", name).build()
-            inst.pair(data, noise)  # warm-up: imports, allocator, thread pools
+            choice = resolve(registry, "pairing", name)  # a name, or name:key=value
+            inst = registry.get("pairing", choice.name).build(**choice.kwargs)
+            f = noise_factor(inst, name)  # nearest-of-k draws f n noises; the first n are the plain pool's
+            pool_noise = noise if f == 1 else torch.cat([noise, pool_data(n * (f - 1), dim, seed=1)[1]])
+            index = torch.arange(n)
+
+            def once():
+                if is_stateful(inst):  # a fresh state each time: every repeat pairs the same first pool
+                    inst.start(n, 0)
+                perm, used, _ = call_pairing(inst, name, data, pool_noise, None, index)
+                return perm, used
+
+            once()  # warm-up: imports, allocator, thread pools
             times, perm = [], None
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                perm = inst.pair(data, noise)
+                perm, used = once()
                 times.append(time.perf_counter() - t0)
-            l2, sq = total_cost(data, noise, perm, "l2"), total_cost(data, noise, perm, "sqeuclidean")
+            used = used[perm]
+            l2 = float((data.double() - used.double()).norm(dim=1).sum())
+            sq = float((data.double() - used.double()).pow(2).sum())
             if name == "paper":
                 optimum = l2
             rows.append({"strategy": name, "pool": n, "dim": dim, "seconds": statistics.median(times),
@@ -76,8 +92,9 @@ def bench_training(registry: Registry, spec: dict, pairings: list[str], steps: i
     model each, same data and seed), and each pairing's throughput against the first pairing's (normally ``none``)
     at the same pool: the share of training speed the pairing costs with ``workers`` background pairing processes
     (several pair consecutive pools at once)."""
-    from .config import TrainConfig, resolve
+    from .config import CellConfig, TrainConfig, resolve
     from .datasets import bind_data
+    from .grid import validate
     from .train import TrainOptions, train_model
 
     dataset = resolve(registry, "dataset", spec["dataset"])
@@ -93,6 +110,8 @@ def bench_training(registry: Registry, spec: dict, pairings: list[str], steps: i
                 cfg = bind_data(registry, TrainConfig(dataset=dataset, network=network,
                                                       pairing=resolve(registry, "pairing", name), train_steps=steps,
                                                       batch=spec["batch"], pool=pool, seed=0))
+                validate(registry, [CellConfig(cfg, resolve(registry, "sampler", registry.names("sampler")[0]),
+                                               resolve(registry, "guidance", "none"), steps=1)])
                 with tempfile.TemporaryDirectory() as tmp:
                     opts = TrainOptions(progress=False, pair_workers=workers, pair_threads=pair_threads,
                                         ckpt_every=10**9)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import sys
 import time
 from pathlib import Path
@@ -68,7 +69,9 @@ def cmd_run(args) -> int:
     from .plugins import get_registry
     from .runner import run_cells
     from .storage import check_writable
-    from .tables import display_table, records_frame
+    import pandas as pd
+
+    from .tables import MODEL_LEVEL, display_table, metric_columns, records_frame
 
     registry = get_registry()
     cells = expand(registry, grid_spec(args))
@@ -82,13 +85,23 @@ def cmd_run(args) -> int:
     records, todo = run_cells(registry, cells, Path(args.results), args.experiment, opts,
                               log=lambda m: print(m, file=sys.stderr))
     df = records_frame(records, registry)
-    print(display_table(df).to_markdown(index=False))
+    print(display_table(df, [m for m in metric_columns(df) if m not in MODEL_LEVEL]).to_markdown(index=False))
     where = Path(args.results) / args.experiment / "cells"
     print(f"\n{len(records)} record(s) in {where} ({todo} evaluated now, {len(records) - todo} already there); "
           f"{time.perf_counter() - t0:.1f} s")
-    extractors = sorted({str(x) for x in df.get("fd_extractor", []) if isinstance(x, str)})
-    if extractors:
-        print(f"fd extractor: {', '.join(extractors)}")
+    if "fd_extractor" in df:
+        named = df.dropna(subset=["fd_extractor"]).drop_duplicates("fd_extractor")
+        print("fd extractor: " + ", ".join(
+            str(r.fd_extractor) + (f" (held-out accuracy {r.fd_extractor_accuracy:.3f})"
+                                   if pd.notna(r.get("fd_extractor_accuracy")) else "")
+            for _, r in named.iterrows()))
+    if "pair_cost_ratio" in df:  # the coupling metric: one value per model, so not a column of the cell table
+        models = df.dropna(subset=["pair_cost_ratio"]).drop_duplicates("train_key")
+        shown = [c for c in ("seed", "train_steps", "pool", "ranks", "global_pool", "objective")
+                 if c in models and models[c].astype(str).nunique() > 1]
+        for _, r in models.iterrows():
+            label = " ".join([str(r.pairing), *(f"{c}={r[c]}" for c in shown)])
+            print(f"coupling: {label}: pair_cost_ratio {r.pair_cost_ratio:.3g}, noise_ks_p {r.noise_ks_p:.2g}")
     return 0
 
 
@@ -154,6 +167,7 @@ def cmd_bench(args) -> int:
     ``bench training`` (optimizer steps per second per pairing), as a table or CSV; returns 0. Raises :class:`UserError`
     for an unknown pairing or an integer list with a value below 1."""
     from .bench import bench_pairing, bench_training
+    from .config import resolve
     from .plugins import get_registry
 
     registry = get_registry()
@@ -161,8 +175,7 @@ def cmd_bench(args) -> int:
     if args.what == "pairing":
         strategies = args.strategies.split(",") if args.strategies else None
         for s in strategies or []:
-            if s not in ("paper", "torchcfm-emd"):
-                registry.get("pairing", s)
+            resolve(registry, "pairing", s)  # an unknown pairing or parameter: one line, before any timing
         print(f"bench pairing: pools {args.pool}, dim {args.dim}, {args.repeats} repeat(s), "
               f"{__import__('torch').get_num_threads()} torch thread(s)", file=sys.stderr)
         df = bench_pairing(registry, _ints(args.pool, "--pool"), _ints(str(args.dim), "--dim")[0], args.repeats,
@@ -200,7 +213,14 @@ def cmd_report(args) -> int:
             nfe = [float(v) for v in args.nfe.split(",") if v.strip()]
         except ValueError:
             raise UserError(f"--nfe takes numbers separated by commas, got {args.nfe!r}") from None
+        if not nfe or not all(math.isfinite(v) and v > 0 for v in nfe):
+            raise UserError(f"--nfe takes positive numbers, got {args.nfe!r}")
+    if args.fd_target is not None and not (math.isfinite(args.fd_target) and args.fd_target > 0):
+        raise UserError(f"--fd-target must be a positive number, got {args.fd_target}")
     done = report(folder, Path(args.out) if args.out else None, nfe, args.fd_target)
+    if (nfe or args.fd_target is not None) and "efficiency" not in done["tables"]:
+        print("report: --nfe / --fd-target ignored: no models of different training lengths (snapshots) "
+              + ("at those NFE " if nfe else "") + "in this folder", file=sys.stderr)
     out = done["out"]
     print(f"{done['records']} record(s) -> {out}/table.md, table.csv, models.csv, table.tex")
     for f in done["figures"]:

@@ -148,6 +148,8 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_finite(self)
+        if self.global_pool and self.ranks == 1:  # one rank's global pool is its own pool: one model, one key
+            object.__setattr__(self, "global_pool", False)
         b = self.batch // self.ranks if self.ranks > 0 else 0
         checks = [
             (self.train_steps >= 1, f"train_steps must be >= 1, got {self.train_steps}"),

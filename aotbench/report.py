@@ -406,7 +406,7 @@ def _efficiency_frame(cells: pd.DataFrame, metric: str, nfes: list[float] | None
 
 def _panels(d: pd.DataFrame) -> tuple[list[str], list[dict]]:
     """The sampling settings that make one panel of a training-efficiency figure (NFE included)."""
-    sampling = [c for c in group_columns(d) if c not in model_columns() and c != "steps"]
+    sampling = [c for c in group_columns(d) if c not in model_columns() and c not in ("steps", "_series", "train_img")]
     cols = ["sampler", "rho", "guidance", "conditional", "nfe"] + [
         c for c in _varying(d, sampling) if c not in ("sampler", "rho", "guidance", "nfe")]
     cols = [c for c in dict.fromkeys(cols) if c in d.columns]

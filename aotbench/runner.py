@@ -110,6 +110,24 @@ def run_model(registry: Registry, cells: list[CellConfig], ws: Workspace, experi
     return [records[c.key] for c in cells]
 
 
+def _check_workers(registry: Registry, trains: list, opts: RunOptions) -> None:
+    """Refuse, before any model of the grid trains, more than one pairing worker for a stateful pairing (its pools
+    are paired in order by one process; :func:`aotbench.pool.check_workers` says the same at training time)."""
+    import torch
+
+    from .errors import UserError
+    from .pool import is_stateful
+    from .train import resolve_workers
+
+    workers = resolve_workers(opts.train, torch.device(opts.device))
+    if workers <= 1:
+        return
+    for t in trains:
+        if is_stateful(registry.get("pairing", t.pairing.name).build(**t.pairing.kwargs)):
+            raise UserError(f"pairing '{t.pairing.name}' keeps state from pool to pool, so its pools are paired in "
+                            f"order by one process: use --pair-workers 0 or 1, not {workers}")
+
+
 def run_cells(registry: Registry, cells: list[CellConfig], results: Path, experiment: str,
               opts: RunOptions | None = None, log=print) -> tuple[list[dict], int]:
     """Run a whole grid in this process; returns (records in grid order, number of cells newly evaluated)."""
@@ -117,6 +135,7 @@ def run_cells(registry: Registry, cells: list[CellConfig], results: Path, experi
     ws = Workspace(Path(results))
     todo = sum(1 for c in cells if missing_metrics(c, _read_record(ws, experiment, c), opts.force))
     groups = group_by_model(cells)
+    _check_workers(registry, [g[0].train for g in groups.values()], opts)
     # A model whose shorter snapshots are in the grid trains first and writes their checkpoints on the way (only
     # a speed-up: a snapshot it did not write, e.g. one before the step it resumed from, trains on its own).
     pending = [k for k, g in groups.items() if any(missing_metrics(c, _read_record(ws, experiment, c), opts.force)

@@ -20,6 +20,11 @@ METRIC_ORDER = ["nfe", "fd", "fid", "w2", "curvature", "trunc_err"]
 #: numeric metric outputs that describe a value rather than measure it (sample counts, dimensions): they label
 #: groups like config columns and are never averaged
 DESCRIPTOR_SUFFIXES = ("_n", "_dim", "_runs")
+#: numeric metric outputs that describe a value's instrument rather than the cell (the FD feature net's held-out
+#: accuracy is one number per extractor)
+DESCRIPTOR_NAMES = ("fd_extractor_accuracy",)
+#: metric outputs that belong to the model, not the cell (the ``coupling`` metric): one value per trained model
+MODEL_LEVEL = ("pair_cost_ratio", "noise_ks_p", "noise_mean_z", "noise_cov_max", "noise_n", "noise_ks_n")
 #: config fields that are seeds: the only thing ``summarize`` pools over
 SEED_COLS = ["seed", "sample_seed"]
 
@@ -51,7 +56,7 @@ def config_columns() -> list[str]:
 def is_descriptor(df: pd.DataFrame, col: str) -> bool:
     """A metric output that labels a value (an extractor name, a mode, a sample count) instead of measuring it."""
     numeric = pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])
-    return not numeric or col.endswith(DESCRIPTOR_SUFFIXES)
+    return not numeric or col.endswith(DESCRIPTOR_SUFFIXES) or col in DESCRIPTOR_NAMES
 
 
 def _choice_labels(dicts: list[dict], defaults=None) -> list[str]:

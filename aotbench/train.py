@@ -525,15 +525,15 @@ def train_model(registry: Registry, cfg: TrainConfig, path: Path, opts: TrainOpt
             # the next step), so all ranks checkpoint and stop together.
             signum = agreed_signal if distributed else stop.signum
             snap = opts.snapshots.get(state.step)
-            if snap is not None or signum is not None or state.step % opts.ckpt_every == 0 or \
-                    state.step == cfg.train_steps:
+            checkpoint = signum is not None or state.step % opts.ckpt_every == 0 or state.step == cfg.train_steps
+            if snap is not None or checkpoint:
                 state.pairing_state = _pairing_state(state, pools)
+                state.timing["train_seconds"] += time.perf_counter() - t_start
+                t_start = time.perf_counter()
             if snap is not None and state.step < cfg.train_steps and not Path(snap).exists():
                 _save(dataclasses.replace(state, cfg=snapshot_config(cfg, state.step)), Path(snap), leader,
                       distributed)
-            if signum is not None or state.step % opts.ckpt_every == 0 or state.step == cfg.train_steps:
-                state.timing["train_seconds"] += time.perf_counter() - t_start
-                t_start = time.perf_counter()
+            if checkpoint:
                 _save(state, path, leader, distributed)
 
             # Check for abort.

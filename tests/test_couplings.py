@@ -206,11 +206,13 @@ def test_a_global_pool_is_one_exact_assignment_over_the_concatenated_pools(regis
         assert list(mine) == [1] and torch.equal(mine[1].perm, pools[1].perm)
 
 
-def test_a_global_pool_over_one_rank_is_the_per_rank_pool(registry, tmp_path):
-    cfg = tiny_train(registry, train_steps=20)
-    a = train_model(registry, cfg, tmp_path / "a.pt", opts())
-    b = train_model(registry, tiny_train(registry, train_steps=20, global_pool=True), tmp_path / "b.pt", opts())
-    assert state_equal(a["net"], b["net"])
+def test_a_global_pool_over_one_rank_is_the_per_rank_pool_and_the_same_model(registry):
+    aot = registry.get("pairing", "aot").build()
+    src = PoolSource(torch.randn(300, 3), None, 64, 4, 0, aot, "aot")
+    for k in range(3):
+        assert torch.equal(RankPools({0: src}, [0], global_pool=True)[k][0].perm, src[k].perm)
+    one = tiny_train(registry, global_pool=True)
+    assert one.global_pool is False and one.key == tiny_train(registry).key  # nothing it could change is keyed
 
 
 def test_global_pool_is_part_of_the_models_identity_only_when_set(registry):
@@ -314,3 +316,23 @@ def test_own_noise_of_the_wrong_shape_is_refused_in_one_line():
 
     with pytest.raises(UserError, match="returned noise of shape"):
         call_pairing(Own(), "own", torch.randn(8, 2), torch.randn(8, 2), None, None)
+
+
+def test_a_stateful_pairing_with_two_workers_is_refused_before_any_model_of_the_grid_trains(registry, tmp_path):
+    cells = expand(registry, {"dataset": "moons", "network": "mlp:width=16:depth=1", "pairing": "none,loom",
+                              "sampler": "euler", "steps": 2, "train_steps": 10, "batch": 32, "pool": 64,
+                              "n_samples": 16, "metrics": "nfe"})
+    opts = RunOptions(progress=False, train=TrainOptions(progress=False, pair_workers=2))
+    with pytest.raises(UserError, match="keeps state from pool to pool"):
+        run_cells(registry, cells, tmp_path, "exp", opts)
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_bench_pairing_times_every_kind_of_pairing(registry):
+    from aotbench.bench import bench_pairing
+
+    df = bench_pairing(registry, [32], 3, 1, ["paper", "aot", "knn:k=3", "loom:caches=2", "none"],
+                       progress=lambda m: None)
+    assert list(df.strategy) == ["paper", "aot", "knn:k=3", "loom:caches=2", "none"]
+    assert df.set_index("strategy").loc["aot", "l2_optimal"]
+    assert (df.seconds > 0).all()

@@ -42,6 +42,7 @@ def test_a_snapshot_is_bit_identical_to_the_shorter_run(registry, tmp_path, pair
         assert state_equal(snap["net"], plain["net"]) and state_equal(snap["ema"], plain["ema"])
         assert all(state_equal(snap["opt"]["state"][i], plain["opt"]["state"][i]) for i in plain["opt"]["state"])
         assert snap["coupling"][0]["paired"] == plain["coupling"][0]["paired"]
+        assert snap["timing"]["train_seconds"] > 0  # its share of the long run's time, not zero
 
 
 def test_snapshots_train_each_run_once_and_the_last_is_the_plain_runs_record(registry, tmp_path, monkeypatch):
@@ -75,6 +76,8 @@ def test_report_draws_fd_against_training_images_and_counts_images_to_reach_an_f
     assert any(p.name == "fd_vs_train_img_moons.png" for p in done["figures"])
     reach = done["tables"]["efficiency"]
     assert set(reach["line"]) == {"none", "aot"} and set(reach["nfe"]) == {6}
+    assert "_series" not in reach and reach["fd_target"].nunique() == 1  # one panel: both lines, one target
+    assert reach["fd_target"].iloc[0] == reach[reach.line == "none"]["final_fd"].iloc[0]
     none = reach[reach.line == "none"].iloc[0]
     assert none["images"] <= none["max_images"] == 60 * 64  # the baseline reaches its own final FD
     assert "Training efficiency" in (tmp_path / "exp" / "table.md").read_text()
