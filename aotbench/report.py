@@ -176,6 +176,22 @@ def _panel_title(key: dict) -> str:
     return ", ".join(parts)
 
 
+def _panel_grid(plt, n: int):
+    """A figure of ``n`` panels, at most four to a row (axes as a 2-D array)."""
+    cols = min(4, n)
+    rows = -(-n // cols)
+    return plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+
+
+def _band_lines(ax, p: pd.DataFrame, x: str, metric: str, colours: dict) -> None:
+    """One line per ``_series`` of ``p`` against column ``x``: the mean over seeds, with a band of one sd."""
+    for series, g in p.groupby("_series", sort=False):
+        g = g.sort_values(x)
+        ax.plot(g[x], g[metric], marker="o", ms=3, label=series, color=colours[series])
+        ax.fill_between(g[x], g[metric] - g[f"{metric}_sd"], g[metric] + g[f"{metric}_sd"], alpha=0.2,
+                        color=colours[series])
+
+
 def _lines_vs_nfe(cells: pd.DataFrame, metric: str, out: Path, name: str, ylabel: str) -> list[Path]:
     """One panel per sampling setting (sampler, rho, guidance, and whatever else varies but the step count), at
     most four to a row; one line per model setting (pairing, and a pool or budget where those vary)."""
@@ -193,16 +209,10 @@ def _lines_vs_nfe(cells: pd.DataFrame, metric: str, out: Path, name: str, ylabel
             c for c in _varying(d, sampling) if c not in ("sampler", "rho", "guidance")]
         panel_cols = [c for c in dict.fromkeys(panel_cols) if c in d.columns]
         panels = d[panel_cols].drop_duplicates().to_dict("records")
-        cols = min(4, len(panels))
-        rows = -(-len(panels) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        fig, axes = _panel_grid(plt, len(panels))
         for ax, key in zip(axes.flat, panels):
-            p = d[np.logical_and.reduce([(d[c].astype(str) == str(v)).values for c, v in key.items()])]
-            for pairing, g in p.groupby("_series", sort=False):
-                g = g.sort_values("nfe")
-                ax.plot(g["nfe"], g[metric], marker="o", ms=3, label=pairing, color=colours[pairing])
-                ax.fill_between(g["nfe"], g[metric] - g[f"{metric}_sd"], g[metric] + g[f"{metric}_sd"],
-                                alpha=0.2, color=colours[pairing])
+            p = _select(d, key)
+            _band_lines(ax, p, "nfe", metric, colours)
             ax.set_xscale("log")
             ax.set_yscale("log")
             _nfe_ticks(ax, sorted(p["nfe"].unique()))
@@ -430,16 +440,9 @@ def _lines_vs_train_img(eff: pd.DataFrame, metric: str, out: Path, ylabel: str) 
     for ds in eff["dataset"].unique():
         d = eff[eff.dataset == ds]
         _, panels = _panels(d)
-        cols = min(4, len(panels))
-        rows = -(-len(panels) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        fig, axes = _panel_grid(plt, len(panels))
         for ax, key in zip(axes.flat, panels):
-            p = _select(d, key)
-            for series, g in p.groupby("_series", sort=False):
-                g = g.sort_values("train_img")
-                ax.plot(g["train_img"], g[metric], marker="o", ms=3, label=series, color=colours[series])
-                ax.fill_between(g["train_img"], g[metric] - g[f"{metric}_sd"], g[metric] + g[f"{metric}_sd"],
-                                alpha=0.2, color=colours[series])
+            _band_lines(ax, _select(d, key), "train_img", metric, colours)
             ax.set_yscale("log")
             title = dict(key)
             nfe = title.pop("nfe")

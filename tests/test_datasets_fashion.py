@@ -177,7 +177,7 @@ def test_the_fd_network_is_trained_once_cached_with_its_heldout_accuracy(registr
     s.features.prepare(tmp_path / "cache")
     accuracy = s.features.heldout_accuracy
     assert 0 <= accuracy <= 1 and accuracy * 20 == round(accuracy * 20)
-    saved = torch.load(tmp_path / "cache" / "features" / f"{s.features.name}.pt")
+    saved = torch.load(tmp_path / "cache" / "features" / f"{s.features.name}.pt", weights_only=True)
     assert saved["heldout_accuracy"] == accuracy
 
     again = FashionMNIST(path=str(tmp_path / "data")).load().features
