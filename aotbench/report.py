@@ -63,7 +63,7 @@ def model_table(df: pd.DataFrame) -> pd.DataFrame:
                if m in per_model and per_model[m].notna().any()]
     out = summarize(per_model, metrics, by=model_by(per_model))
     out["_p"] = out["pairing"].map(pairing_order(df))
-    keys = [c for c in ("dataset", "conditional") if c in out] + ["_p"]
+    keys = [c for c in ("dataset", "conditional", "_p", "train_steps") if c in out]  # snapshots in training order
     return out.sort_values(keys, kind="stable").drop(columns="_p").reset_index(drop=True)
 
 
@@ -81,7 +81,7 @@ def cell_table(df: pd.DataFrame) -> pd.DataFrame:
     out["_p"] = out["pairing"].map(pairing_order(df))
     if "guidance" in out:  # unguided rows first, then each guidance by name
         out["_g"] = out["guidance"].map(lambda g: (g != "none", g))
-    keys = [c for c in ("dataset", "conditional", "_g", "sampler", "rho", "steps") if c in out] + ["_p"]
+    keys = [c for c in ("dataset", "conditional", "_g", "sampler", "rho", "steps", "_p", "train_steps") if c in out]
     return out.sort_values(keys, kind="stable").drop(columns=["_p", "_g"], errors="ignore").reset_index(drop=True)
 
 
@@ -183,6 +183,14 @@ def _panel_grid(plt, n: int):
     return plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
 
 
+def _legend_below(fig, plt, colours: dict, shown: list[str]) -> None:
+    """One legend for the whole figure, under its panels, at most four entries to a row: it never covers a title or
+    a line, however many lines and panels there are."""
+    handles = [plt.Line2D([], [], color=colours[p], marker="o", ms=3) for p in shown]
+    fig.legend(handles, shown, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=min(4, len(shown)), fontsize=8,
+               frameon=False)
+
+
 def _band_lines(ax, p: pd.DataFrame, x: str, metric: str, colours: dict) -> None:
     """One line per ``_series`` of ``p`` against column ``x``: the mean over seeds, with a band of one sd."""
     for series, g in p.groupby("_series", sort=False):
@@ -223,9 +231,7 @@ def _lines_vs_nfe(cells: pd.DataFrame, metric: str, out: Path, name: str, ylabel
             ax.set_visible(False)
         for row in axes:
             row[0].set_ylabel(ylabel)
-        shown = [p for p in colours if p in set(d["_series"])]
-        handles = [plt.Line2D([], [], color=colours[p], marker="o", ms=3) for p in shown]
-        fig.legend(handles, shown, loc="upper right", fontsize=8, ncols=len(shown), frameon=False)
+        _legend_below(fig, plt, colours, [p for p in colours if p in set(d["_series"])])
         fig.suptitle(f"{ds}: {ylabel} vs NFE (mean ± sd over seeds)", fontsize=10, x=0.02, ha="left")
         path = out / f"{name}_{ds}.png"
         _save(fig, path)
@@ -453,7 +459,7 @@ def _lines_vs_train_img(eff: pd.DataFrame, metric: str, out: Path, ylabel: str) 
             ax.set_visible(False)
         for row in axes:
             row[0].set_ylabel(ylabel)
-        axes.flat[0].legend(fontsize=7)
+        _legend_below(fig, plt, colours, [p for p in colours if p in set(d["_series"])])
         path = out / f"{metric}_vs_train_img_{ds}.png"
         _save(fig, path)
         written.append(path)

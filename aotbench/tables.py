@@ -60,21 +60,26 @@ def is_descriptor(df: pd.DataFrame, col: str) -> bool:
 
 
 def _choice_labels(dicts: list[dict], defaults=None) -> list[str]:
-    """name plus the parameters whose value varies among records of that name, each shown only where it differs
-    from the plugin's default (``defaults(name) -> {param: default}``, or None when unknown): "dg", "dg:w=0.5"."""
-    varying: dict[str, set] = {}
+    """name plus every parameter set away from the plugin's default (``defaults(name) -> {param: default}``), so a
+    sweep of one variant still says which ("knn:k=4"); for a plugin whose defaults are unknown (``defaults`` None, or
+    the plugin no longer installed), the parameters whose value varies among records of that name: "dg:w=0.5"."""
     by_name: dict[str, list[dict]] = {}
     for d in dicts:
         by_name.setdefault(d["name"], []).append(d)
+    base = {name: defaults(name) if defaults else None for name in by_name}
+
+    def differs(d, k):
+        known = base[d["name"]] or {}
+        return k in d and not (k in known and repr(known[k]) == repr(d[k]))
+
+    shown = {}
     for name, ds in by_name.items():
         keys = {k for d in ds for k in d if k != "name"}
-        varying[name] = {k for k in keys if len({repr(d.get(k)) for d in ds}) > 1}
-    base = {name: (defaults(name) if defaults else None) or {} for name in by_name}
-
-    def shown(d, k):
-        return k in d and not (k in base[d["name"]] and repr(base[d["name"]][k]) == repr(d[k]))
-
-    return [":".join([d["name"], *(f"{k}={d[k]}" for k in sorted(varying[d["name"]]) if shown(d, k))])
+        if base[name] is None:
+            shown[name] = {k for k in keys if len({repr(d.get(k)) for d in ds}) > 1}
+        else:
+            shown[name] = {k for k in keys if any(differs(d, k) for d in ds)}
+    return [":".join([d["name"], *(f"{k}={d[k]}" for k in sorted(shown[d["name"]]) if differs(d, k))])
             for d in dicts]
 
 

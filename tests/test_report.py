@@ -12,6 +12,7 @@ from aotbench.config import CellConfig, resolve
 from aotbench.errors import UserError
 from aotbench.records import Workspace, write_record
 from aotbench.report import _series, report
+from aotbench.tables import _choice_labels, _defaults_of
 from aotbench.storage import atomic_write_bytes
 from conftest import run_cli, tiny_train
 
@@ -98,3 +99,14 @@ def test_two_objectives_of_one_pairing_never_share_a_line_a_bar_or_a_sample_grid
                        "network": ["mlp"] * 4 + ["unet"] * 2, "conditional": False})
     assert list(_series(df)) == ["none objective=edm", "none objective=rectified-flow", "aot objective=edm",
                                  "aot objective=rectified-flow", "none", "aot"]
+
+
+def test_a_plugin_set_away_from_its_default_is_named_even_when_every_record_shares_it(registry):
+    """A sweep of one variant (knn:k=2 only) must not read as the default knn (k=4); a plugin no longer installed
+    names what varies."""
+    knn = [{"name": "knn", "k": 2}] * 3
+    assert _choice_labels(knn, _defaults_of(registry, "pairing")) == ["knn:k=2"] * 3
+    assert _choice_labels([{"name": "knn", "k": 4}], _defaults_of(registry, "pairing")) == ["knn"]
+    gone = [{"name": "gone", "w": 1}, {"name": "gone", "w": 2}, {"name": "gone", "w": 2, "x": 0}]
+    assert _choice_labels(gone, _defaults_of(registry, "pairing")) == ["gone:w=1", "gone:w=2", "gone:w=2:x=0"]
+    assert _choice_labels(knn) == ["knn"] * 3  # no registry: only what varies

@@ -81,6 +81,9 @@ def test_report_draws_fd_against_training_images_and_counts_images_to_reach_an_f
     none = reach[reach.line == "none"].iloc[0]
     assert none["images"] <= none["max_images"] == 60 * 64  # the baseline reaches its own final FD
     assert "Training efficiency" in (tmp_path / "exp" / "table.md").read_text()
+    cells = done["tables"]["cells"]
+    for _, g in cells.groupby(["pairing", "steps"], sort=False):
+        assert list(g["train_steps"]) == [20, 40, 60]  # a run's snapshots in training order
     target = report(tmp_path / "exp", nfe=[6], fd_target=1e-9)["tables"]["efficiency"]
     assert target["images"].isna().all()  # an FD nobody reaches is "not reached", not a number
 
