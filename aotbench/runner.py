@@ -111,21 +111,28 @@ def run_model(registry: Registry, cells: list[CellConfig], ws: Workspace, experi
 
 
 def _check_workers(registry: Registry, trains: list, opts: RunOptions) -> None:
-    """Refuse, before any model of the grid trains, more than one pairing worker for a stateful pairing (its pools
-    are paired in order by one process; :func:`aotbench.pool.check_workers` says the same at training time)."""
+    """Refuse, before any model of the grid trains, more than one pairing worker for a stateful pairing."""
     import torch
 
-    from .errors import UserError
-    from .pool import is_stateful
     from .train import resolve_workers
 
-    workers = resolve_workers(opts.train, torch.device(opts.device))
+    refuse_stateful_workers(registry, trains, resolve_workers(opts.train, torch.device(opts.device)))
+
+
+def refuse_stateful_workers(registry: Registry, trains: list, workers: int) -> None:
+    """UserError (one line) when ``workers`` > 1 pairing processes would serve a stateful pairing of ``trains``
+    (TrainConfigs): its pools are paired in order by one process (:func:`aotbench.pool.check_workers` says the same
+    at training time; ``run`` and ``sweep`` say it before anything trains or is submitted)."""
+    from .errors import UserError
+    from .pool import is_stateful
+
     if workers <= 1:
         return
     for t in trains:
         if is_stateful(registry.get("pairing", t.pairing.name).build(**t.pairing.kwargs)):
             raise UserError(f"pairing '{t.pairing.name}' keeps state from pool to pool, so its pools are paired in "
-                            f"order by one process: use --pair-workers 0 or 1, not {workers}")
+                            f"order by one process: use 0 or 1 pairing workers (--pair-workers, or pair_workers in a "
+                            f"sweep's [options]), not {workers}")
 
 
 def run_cells(registry: Registry, cells: list[CellConfig], results: Path, experiment: str,

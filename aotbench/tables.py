@@ -20,9 +20,11 @@ METRIC_ORDER = ["nfe", "fd", "fid", "w2", "curvature", "trunc_err"]
 #: numeric metric outputs that describe a value rather than measure it (sample counts, dimensions): they label
 #: groups like config columns and are never averaged
 DESCRIPTOR_SUFFIXES = ("_n", "_dim", "_runs")
-#: numeric metric outputs that describe a value's instrument rather than the cell (the FD feature net's held-out
-#: accuracy is one number per extractor)
-DESCRIPTOR_NAMES = ("fd_extractor_accuracy",)
+#: numeric metric outputs that describe a value's instrument rather than the cell, each with the descriptor that
+#: names the instrument: the FD feature net's held-out accuracy is one number per extractor (whose name carries its
+#: content hash), so a record written before the accuracy was recorded takes it from another record of that
+#: extractor instead of splitting a row of seeds in two
+DESCRIPTOR_NAMES = {"fd_extractor_accuracy": "fd_extractor"}
 #: metric outputs that belong to the model, not the cell (the ``coupling`` metric): one value per trained model
 MODEL_LEVEL = ("pair_cost_ratio", "noise_ks_p", "noise_mean_z", "noise_cov_max", "noise_n", "noise_ks_n")
 #: config fields that are seeds: the only thing ``summarize`` pools over
@@ -56,6 +58,8 @@ def config_columns() -> list[str]:
 def is_descriptor(df: pd.DataFrame, col: str) -> bool:
     """A metric output that labels a value (an extractor name, a mode, a sample count) instead of measuring it."""
     numeric = pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])
+    if col in MODEL_LEVEL:  # the coupling counts (noise_n) grow with training: measured, not a label
+        return False
     return not numeric or col.endswith(DESCRIPTOR_SUFFIXES) or col in DESCRIPTOR_NAMES
 
 
@@ -108,6 +112,9 @@ def records_frame(records: list[dict], registry=None) -> pd.DataFrame:
             row[k] = float(v)
         rows.append(row)
     df = pd.DataFrame(rows)
+    for col, instrument in DESCRIPTOR_NAMES.items():
+        if col in df and instrument in df:
+            df[col] = df.groupby(instrument, dropna=False)[col].transform(lambda v: v.ffill().bfill())
     for col in CHOICE_COLS:
         if col in TRAIN_CHOICES:
             dicts = [TrainConfig.upgrade(r["config"]["train"]).get(col) for r in records]

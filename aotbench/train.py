@@ -142,7 +142,9 @@ class TrainState:
     - ``history``: ``(step, loss)`` pairs, the loss being the objective's per-sample loss averaged over the global
       batch and over the steps since the previous pair (or since the run was resumed: the window is not kept);
     - ``coupling``: per rank, the summed coupling statistics of every pool it trained on so far
-      (:func:`aotbench.pool.add_stats`), None before the first (:func:`coupling_diagnostics` sums the ranks);
+      (:func:`aotbench.pool.add_stats`), None before the first (:func:`coupling_diagnostics` sums the ranks),
+      and None for good in a run resumed from a checkpoint written before they were kept: summing only the pools
+      after the resume would be a partial number under the full run's name, so the evaluation replays them all;
     - ``pairing_state``: a stateful pairing's state per rank, as it must be to pair the pool that holds ``step``
       (None for stateless pairings).
     """
@@ -156,6 +158,7 @@ class TrainState:
     history: list[tuple[int, float]] = field(default_factory=list)
     coupling: dict[int, dict] | None = None
     pairing_state: dict[int, dict] | None = None
+    coupling_lost: bool = False
 
     @classmethod
     def fresh(cls, cfg: TrainConfig, model: Denoiser) -> TrainState:
@@ -173,6 +176,7 @@ class TrainState:
         self.opt.load_state_dict(ckpt["opt"])
         self.step, self.timing, self.history = ckpt["step"], dict(ckpt["timing"]), [tuple(h) for h in ckpt["history"]]
         self.coupling, self.pairing_state = ckpt.get("coupling"), ckpt.get("pairing_state")
+        self.coupling_lost = self.coupling is None and self.step > 0
 
     def save(self, path: Path) -> None:
         """Write the checkpoint to ``path`` atomically, sealed with its sha256 (:func:`aotbench.storage.
@@ -317,6 +321,8 @@ def _next_pools(stream: Iterator[dict[int, Pool]], k: int, cfg: TrainConfig, obj
 
 def _take_pools(state: TrainState, pools: dict[int, Pool]) -> None:
     """A pool's first step: add its coupling statistics to the model's (a run resumed mid-pool has them already)."""
+    if state.coupling_lost:
+        return
     state.coupling = dict(state.coupling or {})
     for r, pool in pools.items():
         state.coupling[r] = add_stats(state.coupling.get(r), pool.stats)

@@ -269,6 +269,32 @@ def test_the_diagnostics_summed_in_training_equal_an_exact_replay(registry, tmp_
         assert trained["noise_n"] == math.ceil(30 / cfg.steps_per_pool) * cfg.pool * cfg.ranks  # every pool drawn
 
 
+def test_a_run_resumed_from_a_checkpoint_without_diagnostics_leaves_them_to_an_exact_replay(registry, tmp_path):
+    """A checkpoint written before the diagnostics were kept: summing only the pools after the resume would pass a
+    partial number off as the run's."""
+    from aotbench.storage import atomic_torch_save
+
+    cfg = tiny_train(registry, pairing="knn:k=3", train_steps=40, batch=32, pool=64)
+
+    class Kill(Exception):
+        pass
+
+    def die(step, loss):
+        if step == 25:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train_model(registry, cfg, tmp_path / "r.pt", opts(ckpt_every=10, on_step=die))
+    old = read_model_checkpoint(tmp_path / "r.pt", cfg)
+    assert old["step"] == 20
+    del old["coupling"]
+    atomic_torch_save(tmp_path / "r.pt", old)
+    resumed = train_model(registry, cfg, tmp_path / "r.pt", opts(ckpt_every=10))
+    straight = train_model(registry, cfg, tmp_path / "s.pt", opts())
+    assert resumed["coupling"] is None
+    assert coupling_diagnostics(registry, cfg, resumed) == coupling_diagnostics(registry, cfg, straight)
+
+
 def test_every_record_carries_the_coupling_diagnostics(registry, tmp_path):
     cells = expand(registry, {"dataset": "moons", "network": "mlp:width=32:depth=1", "pairing": "knn:k=4",
                               "sampler": "euler", "steps": 2, "train_steps": 20, "batch": 64, "pool": 128,

@@ -30,6 +30,8 @@ def synthetic(registry, root):
                               guidance=resolve(registry, "guidance", "none"), steps=steps, sample_seed=seed)
             metrics = {"nfe": 2 * steps - 1, "fd": fd, "fd_extractor": "digits-cnn32-test", "w2": fd / 10,
                        "curvature": CURV[pairing][seed], "trunc_err": 1.0 / steps + seed}
+            if seed:  # seed 0 was evaluated before records carried the feature net's accuracy
+                metrics["fd_extractor_accuracy"] = 0.9
             timings = {"train_seconds": 100.0 + seed, "pair_seconds": 10.0 if pairing == "aot" else 0.0,
                        "pair_wait_seconds": 0.0, "sample_seconds": 1.0}
             write_record(ws.record_path("exp", cell), "exp", cell, metrics, timings, {"device": "cpu"})
@@ -48,6 +50,7 @@ def test_report_tables_have_the_right_mean_and_sd(registry, tmp_path):
     for (pairing, steps), fds in FD.items():
         row = cells[(cells.pairing == pairing) & (cells.steps == steps)].iloc[0]
         assert row.fd == pytest.approx(np.mean(fds)) and row.fd_sd == pytest.approx(np.std(fds, ddof=1))
+        assert row.seeds == 3 and row.fd_extractor_accuracy == 0.9  # an instrument's number never splits seeds
         assert row.nfe == 2 * steps - 1 and row.seeds == 3
         assert row.trunc_err == pytest.approx(1.0 / steps + 1.0) and row.trunc_err_sd == pytest.approx(1.0)
     models = pd.read_csv(tmp_path / "exp" / "models.csv")

@@ -532,3 +532,16 @@ def torch_has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("command", ["--dry-run", "submit"])
+def test_a_stateful_pairing_with_several_pairing_workers_is_refused_before_anything_is_submitted(tmp_path, capsys,
+                                                                                                  command):
+    spec = tmp_path / "loom.toml"
+    spec.write_text('experiment = "loom"\n[grid]\ndataset = "moons"\npairing = ["none", "loom"]\ntrain_steps = 5\n'
+                    '[options]\npair_workers = 2\n')
+    results = tmp_path / "r"
+    extra = ["--dry-run"] if command == "--dry-run" else []
+    assert main(["sweep", str(spec), "--launcher", "local", "--results", str(results), *extra]) == 2
+    assert "keeps state from pool to pool" in one_line(capsys.readouterr().err)
+    assert not (results / "loom" / "jobs").exists() or not any((results / "loom" / "jobs").iterdir())

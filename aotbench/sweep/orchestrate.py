@@ -81,9 +81,12 @@ def gather_plan(registry, spec: Spec, launcher_name: str, launcher, launchers: d
                 force: bool = False) -> tuple[Plan, Ledger]:
     """Read what exists (records, ledger, job states, checkpoints) and plan from it."""
     from ..records import Workspace
+    from ..runner import refuse_stateful_workers
 
     ledger = Ledger(spec.jobs_dir)
     cells = grid_cells(registry, spec, ledger, light=light)
+    refuse_stateful_workers(registry, list({c.train.key: c.train for c in cells}.values()),
+                            int(spec.options.get("pair_workers") or 0))
     if not light:
         ledger.remember({c.train.dataset.label(): c.train.data_fingerprint for c in cells})
     ws = Workspace(spec.results)
