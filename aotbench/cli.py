@@ -218,7 +218,10 @@ def cmd_report(args) -> int:
     if args.fd_target is not None and not (math.isfinite(args.fd_target) and args.fd_target > 0):
         raise UserError(f"--fd-target must be a positive number, got {args.fd_target}")
     done = report(folder, Path(args.out) if args.out else None, nfe, args.fd_target)
-    if (nfe or args.fd_target is not None) and "efficiency" not in done["tables"]:
+    for ds, (lacking, have) in done["nfe_missing"].items():
+        print(f"report: {ds} has no snapshot cells at NFE {', '.join(f'{x:g}' for x in lacking)} (it has "
+              f"{', '.join(f'{x:g}' for x in have)})", file=sys.stderr)
+    if (nfe or args.fd_target is not None) and "efficiency" not in done["tables"] and not done["nfe_missing"]:
         print("report: --nfe / --fd-target ignored: no models of different training lengths (snapshots) "
               + ("at those NFE " if nfe else "") + "in this folder", file=sys.stderr)
     out = done["out"]
@@ -328,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="an experiment folder, e.g. results/paper-cpu")
     p.add_argument("--out", default=None, help="where to write (default: the folder itself)")
     p.add_argument("--nfe", default=None, help="training-efficiency curves: the NFE values to draw FD against "
-                                               "training images at, e.g. 7,35 (default: the smallest and largest)")
+                                               "training images at, e.g. 5,35 (default: the smallest and largest)")
     p.add_argument("--fd-target", type=float, default=None,
                    help="training efficiency: count the training images each pairing needs to reach this FD "
                         "(default: the baseline's final FD)")

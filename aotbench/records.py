@@ -106,8 +106,24 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+#: what every record holds, and the type of each (a stray JSON file in a results folder is refused, not read)
+RECORD_SHAPE = {"cell_key": str, "train_key": str, "config": dict, "metrics": dict}
+
+
 def read_records(folder: Path) -> list[dict]:
-    """All records under ``folder`` (an experiment folder or its ``cells`` folder), sorted by cell key."""
+    """All records under ``folder`` (an experiment folder or its ``cells`` folder), sorted by cell key.
+
+    Raises UserError (one line, naming the file) for a file that is not JSON or not shaped like a record."""
+    from .errors import UserError
+
     folder = Path(folder)
     cells = folder / "cells" if (folder / "cells").is_dir() else folder
-    return [read_json(p) for p in sorted(cells.glob("*.json"))]
+    out = []
+    for p in sorted(cells.glob("*.json")):
+        r = read_json(p)
+        if not isinstance(r, dict) or any(not isinstance(r.get(k), t) for k, t in RECORD_SHAPE.items()) \
+                or not isinstance(r["config"].get("train"), dict):
+            raise UserError(f"not a record: {p} (a record holds cell_key, train_key, config with its train config, "
+                            f"and metrics); move the file out of the results folder")
+        out.append(r)
+    return out

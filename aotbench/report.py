@@ -396,9 +396,11 @@ def _sample_grids(df, records, folder, out) -> list[Path]:
     return written
 
 
-def _efficiency_frame(cells: pd.DataFrame, metric: str, nfes: list[float] | None) -> pd.DataFrame:
+def _efficiency_frame(cells: pd.DataFrame, metric: str, nfes: list[float] | None,
+                      missing: dict | None = None) -> pd.DataFrame:
     """The cell table's rows of datasets whose models vary in training length, at the chosen NFE values (default:
-    the smallest and the largest there are), with ``train_img`` and a line label without the training length."""
+    the smallest and the largest there are), with ``train_img`` and a line label without the training length.
+    ``missing`` (when given) receives, per such dataset, the chosen NFE values it lacks and the ones it has."""
     if metric not in cells or "train_steps" not in cells:
         return cells.iloc[0:0]
     parts = []
@@ -407,6 +409,9 @@ def _efficiency_frame(cells: pd.DataFrame, metric: str, nfes: list[float] | None
         if d["train_steps"].nunique() < 2:
             continue
         wanted = nfes or sorted({d["nfe"].min(), d["nfe"].max()})
+        have = sorted({round(float(x), 6) for x in d["nfe"]})
+        if missing is not None and any(round(float(x), 6) not in have for x in wanted):
+            missing[ds] = ([x for x in wanted if round(float(x), 6) not in have], have)
         d = d[d["nfe"].round(6).isin([round(float(x), 6) for x in wanted])]
         parts.append(d)
     if not parts:
@@ -506,7 +511,8 @@ def report(folder: Path, out: Path | None = None, nfe: list[float] | None = None
     df = records_frame(records_list, get_registry())
     records = {r["cell_key"]: r for r in records_list}
     tables = write_tables(df, out)
-    eff = _efficiency_frame(tables["cells"], "fd", nfe)
+    missing: dict = {}
+    eff = _efficiency_frame(tables["cells"], "fd", nfe, missing)
     if len(eff):
         reach = images_to_reach(eff, "fd", fd_target, pairing_order(df))
         tables["efficiency"] = reach
@@ -529,4 +535,4 @@ def report(folder: Path, out: Path | None = None, nfe: list[float] | None = None
                + _trajectories(df, records, folder, out)
                + _tangent_strips(df, records, folder, out)
                + _sample_grids(df, records, folder, out))
-    return {"tables": tables, "figures": figures, "out": out, "records": len(records_list)}
+    return {"tables": tables, "figures": figures, "out": out, "records": len(records_list), "nfe_missing": missing}

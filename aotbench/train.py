@@ -89,6 +89,14 @@ class TrainOptions:
     #: state is saved, finished, as the model of the same config with ``train_steps = step`` (unless that exists)
     snapshots: dict[int, Path] = field(default_factory=dict)
 
+    def __post_init__(self):
+        from .errors import UserError
+
+        if self.pair_workers is not None and (isinstance(self.pair_workers, bool) or self.pair_workers < 0):
+            raise UserError(f"pairing workers must be 0 or more (0 = pair in line), got {self.pair_workers}")
+        if isinstance(self.pair_threads, bool) or self.pair_threads < 1:
+            raise UserError(f"pairing threads must be 1 or more, got {self.pair_threads}")
+
 
 def build_model(registry: Registry, cfg: TrainConfig, splits: Splits) -> Denoiser:
     """The denoiser of ``cfg``, freshly initialized: the network plugin wrapped in the preconditioning of the

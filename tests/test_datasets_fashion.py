@@ -114,10 +114,11 @@ def corruptions(good: bytes):
             ("gz wrong magic", gzip.compress(wrong_magic), r"got 0x00000801"),
             ("gz truncated data", gzip.compress(good[:-100]), r"the file holds 9308"),
             ("gz stream cut short", gzip.compress(good)[:-20], r"is not a readable gzip file \(EOFError"),
-            ("gz stream damaged", gzip.compress(good)[:10] + b"\xff" * 50, r"is not a readable gzip file")]
+            ("gz stream damaged", gzip.compress(good)[:10] + b"\xff" * 50, r"is not a readable gzip file"),
+            ("zero count", good[:4] + (0).to_bytes(4, "big") + good[8:16], r"the header gives a zero dimension \(0x28x28\)")]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_a_corrupt_idx_file_is_refused_in_one_line(tmp_path, case):
     xt = write_set(tmp_path, gz=False)[0]
     what, data, message = corruptions(idx_bytes(xt))[case]

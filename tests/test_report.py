@@ -70,6 +70,14 @@ def test_report_tables_have_the_right_mean_and_sd(registry, tmp_path):
         assert p.stat().st_size > 5000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("content", ['{"a": 1}', "[]", '{"cell_key": "k", "train_key": "t", "config": {}, "metrics": {}}'])
+def test_report_refuses_a_stray_json_file_in_one_line(tmp_path, content):
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "x.json").write_text(content)
+    out = run_cli("report", str(tmp_path))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "not a record" in out.stderr
+
+
 def test_report_refuses_a_folder_without_records(tmp_path):
     with pytest.raises(UserError, match="no records"):
         report(tmp_path)

@@ -86,6 +86,8 @@ def test_report_draws_fd_against_training_images_and_counts_images_to_reach_an_f
     cells = done["tables"]["cells"]
     for _, g in cells.groupby(["pairing", "steps"], sort=False):
         assert list(g["train_steps"]) == [20, 40, 60]  # a run's snapshots in training order
+    assert done["nfe_missing"] == {}
+    assert report(tmp_path / "exp", nfe=[6, 7])["nfe_missing"] == {"moons": ([7], [2.0, 6.0])}  # named, not dropped
     target = report(tmp_path / "exp", nfe=[6], fd_target=1e-9)["tables"]["efficiency"]
     assert target["images"].isna().all()  # an FD nobody reaches is "not reached", not a number
 

@@ -17,7 +17,7 @@ from aotbench.datasets import load_splits
 from aotbench.errors import UserError
 from aotbench.plugins import Component
 from aotbench.train import TrainOptions, TrainState, build_model, read_model_checkpoint, train_model
-from conftest import state_equal, tiny_train, with_components
+from conftest import run_cli, state_equal, tiny_train, with_components
 
 
 def opts(**kw):
@@ -204,3 +204,10 @@ def test_fp32_training_on_cuda_turns_tf32_off_as_edm_does():
             assert torch.backends.cuda.matmul.allow_tf32 is want and torch.backends.cudnn.allow_tf32 is want
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("flags", [["--pair-workers", "-1"], ["--pair-threads", "0"]])
+def test_bad_pairing_worker_options_are_one_line_before_training(tmp_path, flags):
+    out = run_cli("run", "--dataset", "moons", "--train-steps", "5", "--results", str(tmp_path), *flags)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "pairing" in out.stderr
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.json"))

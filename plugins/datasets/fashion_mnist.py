@@ -71,7 +71,10 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     if len(raw) < head:
         raise ValueError(f"{path}: {len(raw)} bytes, shorter than its IDX header ({head} bytes; truncated)")
     dims = [int.from_bytes(raw[4 * (k + 1):4 * (k + 2)], "big") for k in range(ndim)]
-    if 0 in dims or len(raw) != head + int(np.prod(dims)):
+    if 0 in dims:
+        raise ValueError(f"{path}: the header gives a zero dimension ({'x'.join(map(str, dims))}); an IDX file of "
+                         f"Fashion-MNIST holds images or labels")
+    if len(raw) != head + int(np.prod(dims)):
         raise ValueError(f"{path}: the header says {'x'.join(map(str, dims))} bytes of data, the file holds "
                          f"{len(raw) - head} (truncated or corrupt)")
     return np.frombuffer(raw, dtype=np.uint8, offset=head).reshape(dims)

@@ -12,8 +12,8 @@ checkpoint; a model trained before they were kept gets them by an exact replay o
   move it, a nearest-of-k choice (Improved Immiscible Diffusion, Li et al. 2025) shifts it toward the data;
 - ``noise_mean_z`` (largest |coordinate mean| in standard errors) and ``noise_cov_max`` (largest |entry| of the
   sample covariance minus I, over up to 64 coordinates): the mean and covariance extremes of the used noise;
-- ``noise_n`` / ``noise_ks_n``: the used noise vectors summed, and those in the KS test (at most 10 000, evenly
-  from every pool).
+- ``noise_n`` / ``noise_ks_n``: the noise vectors of every pool drawn (a run that ends inside a pool counts all of
+  it), and those in the KS test (at most 10 000, evenly from every pool).
 """
 
 from aotbench import hookimpl
