@@ -177,10 +177,10 @@ def _panel_title(key: dict) -> str:
 
 
 def _panel_grid(plt, n: int):
-    """A figure of ``n`` panels, at most four to a row (axes as a 2-D array)."""
+    """A figure of ``n`` panels, at most four to a row (axes as a 2-D array); a lone panel is drawn large."""
     cols = min(4, n)
     rows = -(-n // cols)
-    return plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    return plt.subplots(rows, cols, figsize=(max(4.2 * cols, 8.0), 3.2 * rows if cols > 1 else 4.8), squeeze=False)
 
 
 def _legend_below(fig, plt, colours: dict, shown: list[str]) -> None:
