@@ -25,6 +25,19 @@ def opts(**kw):
     return TrainOptions(progress=False, pair_workers=0, **kw)
 
 
+def _train_until_killed(registry, cfg, path, *, at_step: int, ckpt_every: int) -> None:
+    """Train ``cfg`` into ``path`` and stop it dead at ``at_step`` (as a SIGKILL would: no checkpoint of its own)."""
+    class Kill(Exception):
+        pass
+
+    def die(step, loss):
+        if step == at_step:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train_model(registry, cfg, path, opts(ckpt_every=ckpt_every, on_step=die))
+
+
 def brute_force_cost(x: torch.Tensor, z: torch.Tensor) -> float:
     """The optimal total L2 cost over every permutation (small n only)."""
     return min(total_cost(x, z, torch.tensor(p)) for p in itertools.permutations(range(x.shape[0])))
@@ -142,15 +155,7 @@ def test_loom_resumes_from_a_killed_run_with_bit_identical_weights(registry, tmp
 def test_loom_at_a_pool_boundary_checkpoint_resumes_exactly(registry, tmp_path):
     cfg = tiny_train(registry, pairing="loom", train_steps=60, batch=32, pool=64)  # 2 steps per pool
 
-    class Kill(Exception):
-        pass
-
-    def die(step, loss):
-        if step == 25:
-            raise Kill
-
-    with pytest.raises(Kill):
-        train_model(registry, cfg, tmp_path / "r.pt", opts(ckpt_every=10, on_step=die))
+    _train_until_killed(registry, cfg, tmp_path / "r.pt", at_step=25, ckpt_every=10)
     resumed = train_model(registry, cfg, tmp_path / "r.pt", opts(ckpt_every=10))
     straight = train_model(registry, cfg, tmp_path / "s.pt", opts(ckpt_every=1000))
     assert state_equal(resumed["net"], straight["net"])
@@ -276,15 +281,7 @@ def test_a_run_resumed_from_a_checkpoint_without_diagnostics_leaves_them_to_an_e
 
     cfg = tiny_train(registry, pairing="knn:k=3", train_steps=40, batch=32, pool=64)
 
-    class Kill(Exception):
-        pass
-
-    def die(step, loss):
-        if step == 25:
-            raise Kill
-
-    with pytest.raises(Kill):
-        train_model(registry, cfg, tmp_path / "r.pt", opts(ckpt_every=10, on_step=die))
+    _train_until_killed(registry, cfg, tmp_path / "r.pt", at_step=25, ckpt_every=10)
     old = read_model_checkpoint(tmp_path / "r.pt", cfg)
     assert old["step"] == 20
     del old["coupling"]
